@@ -1,0 +1,5 @@
+import sys
+
+from synflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""The one description of a pruning request.
+
+`PruneConfig` is shared by the library, the CLI (whose flags are generated from its fields), the
+HTTP form fields and the worker, so the four cannot drift apart. It imports no torch: the API
+process validates requests with it without loading the numerical stack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from synflow.scorers.registry import SCORERS, scorer_spec
+
+Schedule = Literal["exponential", "linear"]
+Scope = Literal["global", "local"]
+
+MAX_ITERATIONS = 10_000
+MAX_INPUT_ELEMENTS = 1 << 28  # an all-ones input of 1 GiB in float32 is already absurd
+
+
+def parse_shape(value: Any) -> tuple[int, ...] | None:
+    """Accept `1,3,224,224`, `1x3x224x224`, `[1, 3, 224, 224]` (JSON) or a sequence of ints."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"input_shape {text!r} is not a JSON list of integers") from exc
+        else:
+            parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+            try:
+                value = [int(p) for p in parts]
+            except ValueError as exc:
+                raise ValueError(
+                    f"input_shape {text!r} must be integers separated by commas, e.g. 1,3,224,224"
+                ) from exc
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError("input_shape must be a non-empty list of integers, e.g. 1,3,224,224")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise ValueError(f"input_shape {value!r} must contain only integers")
+    if any(v < 1 for v in value):
+        raise ValueError(
+            f"input_shape {list(value)} has a dimension below 1; every size must be >= 1"
+        )
+    if math.prod(value) > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"input_shape {list(value)} has more than {MAX_INPUT_ELEMENTS} elements")
+    return tuple(value)
+
+
+class PruneConfig(BaseModel):
+    """What to prune and how. Exactly one of `sparsity` and `compression` sets the target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sparsity: float | None = Field(
+        None, ge=0.0, lt=1.0, description="fraction of prunable weights removed, in [0, 1)"
+    )
+    compression: float | None = Field(
+        None, ge=1.0, description="compression ratio >= 1; the kept fraction is 1 / compression"
+    )
+    input_shape: tuple[int, ...] | None = Field(
+        None,
+        description="shape of the all-ones input, batch first, e.g. 1,3,224,224 "
+        "(required for TorchScript; read from the graph for ONNX when static)",
+    )
+    method: str = Field("synflow", description=f"scoring method: {', '.join(SCORERS)}")
+    iterations: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ITERATIONS,
+        description="pruning rounds (default 100 for synflow, 1 otherwise)",
+    )
+    schedule: Schedule = Field("exponential", description="density schedule over the rounds")
+    scope: Scope = Field("global", description="rank all weights together or each tensor alone")
+    prune_bias: bool = Field(False, description="also prune biases")
+    prune_batchnorm: bool = Field(False, description="also prune normalisation scales")
+    exclude: tuple[str, ...] = Field(
+        (), description="parameter-name glob patterns kept dense, e.g. 'fc.*'"
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed for the random scorer")
+
+    @field_validator("input_shape", mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> tuple[int, ...] | None:
+        return parse_shape(value)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        scorer_spec(value)  # raises a ValueError naming the known methods
+        return value
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _exclude(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p.strip() for p in text.split(",") if p.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PruneConfig:
+        if (self.sparsity is None) == (self.compression is None):
+            raise ValueError(
+                "give exactly one of sparsity (in [0, 1)) and compression (>= 1), not "
+                + ("both" if self.sparsity is not None else "neither")
+            )
+        if self.compression is not None and not math.isfinite(self.compression):
+            raise ValueError("compression must be a finite number >= 1")
+        return self
+
+    @property
+    def density(self) -> float:
+        """Fraction of prunable weights kept at the end."""
+        if self.sparsity is not None:
+            return 1.0 - self.sparsity
+        assert self.compression is not None
+        return 1.0 / self.compression
+
+    @property
+    def resolved_iterations(self) -> int:
+        if self.iterations is not None:
+            return self.iterations
+        return scorer_spec(self.method).default_iterations
+
+    def normalized(self) -> dict[str, Any]:
+        """The request with every default filled in, as stored in job records and reports."""
+        data = self.model_dump(mode="json")
+        data["iterations"] = self.resolved_iterations
+        data["density"] = self.density
+        data["input_shape"] = list(self.input_shape) if self.input_shape else None
+        data["exclude"] = list(self.exclude)
+        return data

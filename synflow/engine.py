@@ -1,0 +1,126 @@
+"""The pruning loop: score, pick the density of this round, select, repeat.
+
+The loop is the same for every scorer (the registry supplies the scorer) and for every model
+format (the `LoadedModel` supplies the parameters). It reports progress after every round and
+checks for cancellation before each one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from synflow.config import PruneConfig
+from synflow.errors import InvalidInputShapeError, PruningCanceled
+from synflow.masks import Masks
+from synflow.model import LoadedModel, PrunableTensor
+from synflow.schedule import density_at
+from synflow.scorers.base import ScoringContext
+from synflow.scorers.registry import scorer_spec
+from synflow.selection import select
+
+
+@dataclass(frozen=True)
+class Progress:
+    iteration: int
+    iterations: int
+    density: float  # achieved after this round
+
+
+ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class PruneResult:
+    masks: Masks  # keyed by published key, on the CPU
+    tensors: list[PrunableTensor]
+    config: PruneConfig
+    input_shape: tuple[int, ...] | None
+    device: str
+    precision: str
+    seconds: float
+    history: list[float] = field(default_factory=list)  # achieved density per round
+
+
+def resolve_input_shape(model: LoadedModel, config: PruneConfig) -> tuple[int, ...] | None:
+    if config.input_shape is not None:
+        return config.input_shape
+    return model.input_shape
+
+
+def prune(
+    model: LoadedModel,
+    config: PruneConfig,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> PruneResult:
+    """Compute masks for `model` as `config` asks. The module is left as it was given."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    tensors = model.prunable(config.prune_bias, config.prune_batchnorm, config.exclude)
+    named = dict(model.module.named_parameters())
+    params = {t.key: named[t.param_name] for t in tensors}
+    input_shape = resolve_input_shape(model, config)
+    spec = scorer_spec(config.method)
+    if input_shape is None and spec.name == "synflow":
+        raise InvalidInputShapeError(
+            "input_shape is required for this model (e.g. 1,3,224,224): the file does not state "
+            "a static input shape"
+        )
+    if device.type != "cpu":
+        model.module.to(device)
+    ctx = ScoringContext(
+        model=model,
+        tensors=tensors,
+        params=params,
+        input_shape=input_shape,
+        device=device,
+        generator=torch.Generator().manual_seed(config.seed),
+        precision=precision,
+    )
+    iterations = config.resolved_iterations
+    masks = Masks.dense(params)
+    history: list[float] = []
+    used_precision = "float32"
+    try:
+        with spec.load()(ctx) as scorer:
+            for t in range(1, iterations + 1):
+                if should_cancel is not None and should_cancel():
+                    raise PruningCanceled(f"canceled before round {t} of {iterations}")
+                scores = scorer.score(masks)
+                density = density_at(config.density, t, iterations, config.schedule)
+                masks = select(scores, masks, density, config.scope)
+                del scores
+                history.append(masks.density)
+                if progress is not None:
+                    progress(Progress(t, iterations, history[-1]))
+            used_precision = getattr(scorer, "precision", str(next(iter(params.values())).dtype))
+    finally:
+        if device.type != "cpu":
+            model.module.to("cpu")
+    return PruneResult(
+        masks=masks.cpu(),
+        tensors=tensors,
+        config=config,
+        input_shape=input_shape,
+        device=str(device),
+        precision=used_precision.replace("torch.", ""),
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
+
+
+@torch.no_grad()
+def apply_masks(model: LoadedModel, result: PruneResult) -> None:
+    """Zero the pruned entries of the module's parameters in place (signs and values kept)."""
+    named = dict(model.module.named_parameters())
+    for t in result.tensors:
+        p = named[t.param_name]
+        p.mul_(result.masks[t.key].to(p.device, p.dtype))

@@ -1,0 +1,1 @@
+"""Model files in and out: format detection, safe-ish loading, writing pruned models back."""

@@ -1,0 +1,73 @@
+"""Detect a model file's format from its content, never from its name.
+
+TorchScript archives are zip files with a `code/` tree and `constants.pkl`; a plain
+`torch.save(model)` pickle is also a zip (or a legacy pickle) but has neither, and is refused
+without ever being unpickled. ONNX files are protobuf `ModelProto` messages, recognised by their
+leading field tags.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from synflow.errors import InvalidModelError
+
+TORCHSCRIPT = "torchscript"
+ONNX = "onnx"
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# ModelProto field tags that an exporter writes first: ir_version (1, varint) or
+# opset_import (8), producer_name (2), producer_version (3), domain (4), graph (7).
+_ONNX_FIRST_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x3A, 0x42}
+_PICKLE_PROTOCOL_OP = 0x80
+
+
+def _zip_kind(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as exc:
+        raise InvalidModelError(
+            f"the file starts like a zip archive but cannot be read as one ({exc}); "
+            "is it truncated? Upload the complete .pt file written by torch.jit.save"
+        ) from exc
+    if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+        return TORCHSCRIPT
+    if any(n.endswith("/data.pkl") for n in names):
+        raise InvalidModelError(
+            "this is a torch.save() pickle, not a TorchScript archive; pickles can run arbitrary "
+            "code and are never loaded. Export the model with torch.jit.script(model) or "
+            "torch.jit.trace(model, example) and save it with torch.jit.save(), or export ONNX"
+        )
+    if any(n.endswith("archive_format") or "/models/" in n for n in names):
+        raise InvalidModelError(
+            "this looks like a torch.export (.pt2) archive, which is not supported yet; "
+            "upload a TorchScript (torch.jit.save) or ONNX file"
+        )
+    raise InvalidModelError(
+        "the zip archive is not a TorchScript model (no code/ or constants.pkl inside); "
+        "save the model with torch.jit.save()"
+    )
+
+
+def detect_format(path: str | Path) -> str:
+    """Return "torchscript" or "onnx", or raise InvalidModelError saying what the file is."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise InvalidModelError("the model file is empty")
+    if head.startswith(_ZIP_MAGIC):
+        return _zip_kind(path)
+    if head[0] == _PICKLE_PROTOCOL_OP:
+        raise InvalidModelError(
+            "this is a Python pickle (e.g. a legacy torch.save file), which is never loaded "
+            "because unpickling runs arbitrary code; export TorchScript (torch.jit.save) or ONNX"
+        )
+    if head[0] in _ONNX_FIRST_TAGS:
+        return ONNX
+    raise InvalidModelError(
+        "unrecognised model file: expected a TorchScript archive (torch.jit.save) or an ONNX "
+        "model (.onnx)"
+    )

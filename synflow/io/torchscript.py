@@ -1,0 +1,35 @@
+"""TorchScript in and out.
+
+`torch.jit.load` executes code from the archive (TorchScript `__setstate__` methods), so callers
+that load untrusted files must do it in a sandboxed process; this module only makes sure that
+what reaches `torch.jit.load` is a TorchScript archive and not a pickle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from synflow.errors import InvalidModelError
+from synflow.io.formats import TORCHSCRIPT, detect_format
+from synflow.model import LoadedModel
+
+
+def load_torchscript(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    if detect_format(path) != TORCHSCRIPT:
+        raise InvalidModelError("not a TorchScript archive; save the model with torch.jit.save()")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidModelError(
+            f"torch.jit.load could not read the archive: {first[:300]}"
+        ) from exc
+    module.eval()
+    return LoadedModel(format=TORCHSCRIPT, module=module, source=path, writer=save_torchscript)
+
+
+def save_torchscript(model: LoadedModel, path: Path) -> None:
+    torch.jit.save(model.module, str(path))

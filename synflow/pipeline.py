@@ -1,0 +1,99 @@
+"""File in, artifacts out: the unit of work shared by the CLI, the library and the worker.
+
+`prune_file` loads a model, prunes it, and writes four artifacts into a directory, each under a
+temporary name renamed into place once complete, so a reader never sees half a file:
+
+- `masks.safetensors`   one bool tensor per pruned parameter, True = kept
+- `weights.safetensors` every tensor of the model's state, pruned entries zero
+- `model.pt|.onnx`      the pruned model in its own format
+- `report.json`         per-layer table, totals, FLOPs, warnings, settings, timings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from synflow.config import PruneConfig
+from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
+from synflow.flops import count_positions
+from synflow.io.loader import load_model
+from synflow.model import LoadedModel
+from synflow.report import build_report
+
+MASKS = "masks.safetensors"
+WEIGHTS = "weights.safetensors"
+REPORT = "report.json"
+
+
+def model_filename(fmt: str) -> str:
+    return "model.onnx" if fmt == "onnx" else "model.pt"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:
+    """The model's tensors under their published keys, as independent contiguous CPU copies."""
+    if model.format == "torchscript":
+        state = model.module.state_dict()
+    else:
+        state = {model.key_of(n): p for n, p in model.module.named_parameters()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def prune_file(
+    model_path: str | Path,
+    config: PruneConfig,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    precision: str = "auto",
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> dict[str, Any]:
+    """Prune the model at `model_path` and write the artifacts to `out_dir`; returns the report."""
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(model_path)
+    result = prune(
+        model,
+        config,
+        device=device,
+        precision=precision,
+        progress=progress,
+        should_cancel=should_cancel,
+    )
+    apply_masks(model, result)
+
+    positions = None
+    if result.input_shape is not None:
+        named = dict(model.module.named_parameters())
+        weights = {t.key: named[t.param_name] for t in result.tensors if t.role == "weight"}
+        positions = count_positions(model.module, weights, result.input_shape)
+
+    names = {"masks": MASKS, "weights": WEIGHTS, "model": model_filename(model.format)}
+    masks = {k: v.contiguous() for k, v in result.masks.items()}
+    _atomic_write(out / MASKS, lambda p: save_file(masks, str(p)))
+    _atomic_write(out / WEIGHTS, lambda p: save_file(published_state(model), str(p)))
+    _atomic_write(out / names["model"], lambda p: model.save(p))
+
+    names["report"] = REPORT
+    report = build_report(model, result, positions, time.perf_counter() - started, names)
+    text = json.dumps(report, indent=2)
+    _atomic_write(out / REPORT, lambda p: p.write_text(text))
+    return report

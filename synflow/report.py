@@ -1,0 +1,98 @@
+"""The JSON report: what was pruned, where, and what it costs to run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synflow import __version__
+from synflow.engine import PruneResult
+from synflow.model import LoadedModel
+
+FLOP_NOTE = "FLOPs = 2 x multiply-accumulates of the layers holding prunable weights"
+
+
+def layer_rows(result: PruneResult, shapes: dict[str, tuple[int, ...]], positions: dict[str, int]):
+    rows = []
+    for t in result.tensors:
+        mask = result.masks[t.key]
+        total = mask.numel()
+        kept = int(mask.sum())
+        row: dict[str, Any] = {
+            "name": t.key,
+            "layer": t.layer,
+            "layer_type": t.layer_type,
+            "role": t.role,
+            "shape": list(shapes[t.key]),
+            "total": total,
+            "kept": kept,
+            "density": kept / total if total else 1.0,
+        }
+        uses = positions.get(t.key)
+        if uses is not None and t.role == "weight":
+            row["flops_dense"] = 2 * uses * total
+            row["flops_pruned"] = 2 * uses * kept
+        rows.append(row)
+    return rows
+
+
+def build_report(
+    model: LoadedModel,
+    result: PruneResult,
+    positions: dict[str, int] | None,
+    wall_seconds: float,
+    artifacts: dict[str, str],
+) -> dict[str, Any]:
+    shapes = {t.key: tuple(result.masks[t.key].shape) for t in result.tensors}
+    rows = layer_rows(result, shapes, positions or {})
+    prunable_total = sum(r["total"] for r in rows)
+    prunable_kept = sum(r["kept"] for r in rows)
+    all_params = sum(p.numel() for p in dict(model.module.named_parameters()).values())
+    warnings: list[str] = []
+    collapsed = [r["name"] for r in rows if r["total"] and r["kept"] == 0]
+    for name in collapsed:
+        warnings.append(
+            f"layer collapse: {name} was pruned away entirely; if it is not on a residual "
+            "branch, the network is disconnected (lower the compression)"
+        )
+    flops: dict[str, Any] | None = None
+    if positions is not None:
+        dense = sum(r.get("flops_dense", 0) for r in rows)
+        pruned = sum(r.get("flops_pruned", 0) for r in rows)
+        flops = {
+            "dense": dense,
+            "pruned": pruned,
+            "ratio": pruned / dense if dense else 1.0,
+            "note": FLOP_NOTE,
+        }
+        uncounted = [r["name"] for r in rows if r["role"] == "weight" and "flops_dense" not in r]
+        if uncounted:
+            warnings.append(
+                "FLOPs not counted for weights the forward pass did not use as a convolution "
+                "or matrix product: " + ", ".join(uncounted[:10])
+            )
+    else:
+        warnings.append("FLOPs not counted: no input_shape was given")
+    return {
+        "synflow_version": __version__,
+        "format": model.format,
+        "config": result.config.normalized(),
+        "input_shape": list(result.input_shape) if result.input_shape else None,
+        "device": result.device,
+        "precision": result.precision,
+        "totals": {
+            "prunable": prunable_total,
+            "kept": prunable_kept,
+            "pruned": prunable_total - prunable_kept,
+            "density": prunable_kept / prunable_total if prunable_total else 1.0,
+            "sparsity": 1.0 - prunable_kept / prunable_total if prunable_total else 0.0,
+            "parameters": all_params,
+            "parameters_kept": all_params - (prunable_total - prunable_kept),
+        },
+        "flops": flops,
+        "layers": rows,
+        "collapsed_layers": collapsed,
+        "warnings": warnings,
+        "density_history": result.history,
+        "timing": {"prune_seconds": result.seconds, "wall_seconds": wall_seconds},
+        "artifacts": artifacts,
+    }

@@ -1,0 +1,44 @@
+"""The scorer interface: scores in, nothing else.
+
+A scorer maps the current masks to one score tensor per prunable parameter (higher = keep). It
+knows nothing of thresholds, schedules or counts; `synflow.selection` turns scores into masks.
+A scorer may change the module while it is open (SynFlow linearises it) and must restore it,
+bit for bit, when closed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Self
+
+import torch
+
+from synflow.masks import Masks
+from synflow.model import LoadedModel, PrunableTensor
+
+
+@dataclass
+class ScoringContext:
+    model: LoadedModel
+    tensors: list[PrunableTensor]
+    params: dict[str, torch.nn.Parameter]  # key -> live parameter of `model.module`
+    input_shape: tuple[int, ...] | None
+    device: torch.device
+    generator: torch.Generator
+    precision: str = "auto"  # "auto" | "float32" | "float64"
+
+
+class Scorer(ABC):
+    def __init__(self, ctx: ScoringContext):
+        self.ctx = ctx
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @abstractmethod
+    def score(self, masks: Masks) -> dict[str, torch.Tensor]:
+        """One score per element of each prunable parameter; pruned elements may score anything."""
