@@ -125,11 +125,7 @@ class SynFlowScorer(Scorer):
             scores[key] = s.detach()
             any_positive = any_positive or bool((s > 0).any())
         if not any_positive:
-            raise DegenerateFlowError(
-                "every SynFlow score is zero: the output does not depend on any prunable weight, "
-                "so any mask would be arbitrary. Check that the model's output uses its "
-                "convolution / linear layers"
-            )
+            raise DegenerateFlowError(self._zero_flow_message(masks))
         return scores
 
     def _flow(self) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
@@ -167,14 +163,14 @@ class SynFlowScorer(Scorer):
             )
         if zero_layers:
             return (
-                "synaptic flow is zero (R = 0): these layers have all-zero weights and block it: "
+                "synaptic flow is zero: these layers have all-zero weights and block it: "
                 + ", ".join(zero_layers[:5])
                 + ". The reference algorithm would then empty every layer; initialise them "
                 "with non-zero values (e.g. a zero-initialised classifier head) before pruning"
             )
         return (
-            "synaptic flow is zero (R = 0): the all-ones input does not reach the output "
-            "through any path; check the model and input_shape"
+            "synaptic flow is zero: no path from the all-ones input through the prunable "
+            "weights reaches the output, so every score ties; check the model and input_shape"
         )
 
 
