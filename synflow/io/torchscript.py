@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from synflow.errors import InvalidModelError
-from synflow.io.formats import TORCHSCRIPT, detect_format
+from synflow.io.formats import TORCHSCRIPT
 from synflow.model import LoadedModel
 
 
@@ -28,10 +28,9 @@ def quiet_deprecation():
         yield
 
 
-def load_torchscript(path: str | Path) -> LoadedModel:
+def read_torchscript(path: str | Path) -> LoadedModel:
+    """Load an archive that `detect_format` accepted (`synflow.io.loader.load_model` does both)."""
     path = Path(path)
-    if detect_format(path) != TORCHSCRIPT:
-        raise InvalidModelError("not a TorchScript archive; save the model with torch.jit.save()")
     try:
         with quiet_deprecation():
             module = torch.jit.load(str(path), map_location="cpu")
