@@ -316,7 +316,7 @@ def test_environment_holds_no_secrets(scratch, monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
     allowed = {"PATH", "PYTHONPATH", "HOME", "TMPDIR", "LANG", "OMP_NUM_THREADS", "LC_CTYPE"}
     allowed |= {"MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONDONTWRITEBYTECODE"}
-    allowed |= {"PYTHONUNBUFFERED", "PYTHONNOUSERSITE"}
+    allowed |= {"PYTHONUNBUFFERED", "PYTHONNOUSERSITE", "USER", "LOGNAME"}
     assert set(env) <= allowed, set(env) - allowed
 
 
@@ -368,6 +368,7 @@ with open("/proc/self/status") as f:
 with open("/proc/net/dev") as f:
     interfaces = sorted(line.split(":")[0].strip() for line in f.readlines()[2:])
 attempt("read /usr/lib", lambda: len(os.listdir("/usr/lib")) > 0)
+attempt("write /dev/null", lambda: open("/dev/null", "w").write("x"))
 attempt("read outside", lambda: open(sys.argv[1]).read())
 attempt("inet socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
 import ctypes
@@ -404,6 +405,7 @@ def test_layer_report_is_honest(scratch, tmp_path, extra):
     assert seen["inet socket"].startswith("error:")
     assert seen["unshare"] == "ok: (-1, 1)"  # EPERM from seccomp
     assert seen["read /usr/lib"] == "ok: True"
+    assert seen["write /dev/null"] == "ok: 1"
     assert seen["read outside"].startswith("error:")  # Landlock (and the mount view)
     assert seen["sid"] == seen["pid"]
     assert ("uid-drop" in layers) == (seen["uid"] == UID)

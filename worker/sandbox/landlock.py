@@ -64,7 +64,7 @@ READ_WRITE = (
     | REFER
     | TRUNCATE
 )
-DEVICE = READ_FILE | WRITE_FILE | IOCTL_DEV
+DEVICE = READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV  # TRUNCATE: open('/dev/null', 'w')
 
 
 class _RulesetAttr(ctypes.Structure):

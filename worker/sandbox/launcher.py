@@ -52,8 +52,8 @@ def main(argv: list[str]) -> int:
     drop = is_root and plan["drop_privileges"]
     uid, gid = (plan["uid"], plan["gid"]) if drop else (os.getuid(), os.getgid())
     if drop:
-        _own_scratch(plan["scratch"], uid, gid)
         kill_all_of_uid(uid)  # leftovers of a previous job in this slot, if a worker died
+        _own_scratch(plan["scratch"], uid, gid)
     use_ns = is_root and plan["namespaces"]
     # only the pid namespace here (it takes effect for the next fork): init unshares the others,
     # so that its filesystem changes do not hide the control directory from us

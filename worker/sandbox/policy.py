@@ -91,10 +91,20 @@ def slot_identity(slot: int, base: int = DEFAULT_JOB_UID) -> tuple[int, int]:
 
 
 def python_read_only_paths() -> list[str]:
-    """The interpreter, its standard library, the venv and everything on sys.path."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(PROJECT_ROOT)}
+    """The interpreter, its standard library, the venv, site-packages and the project.
+
+    Other sys.path entries (e.g. the worker's current directory, which `python -m` puts there)
+    are left out: pass them in `read_only_paths` if the job needs them.
+    """
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(PROJECT_ROOT)}
+    paths = set(prefixes)
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    for entry in sys.path:
+        if not entry or not os.path.isabs(entry):
+            continue
+        under_prefix = any(entry == p or entry.startswith(p.rstrip("/") + "/") for p in prefixes)
+        if under_prefix or os.path.basename(entry) in ("site-packages", "dist-packages"):
+            paths.add(entry)
     return sorted(p for p in paths if os.path.exists(p))
 
 
@@ -121,6 +131,9 @@ def job_environment(policy: SandboxPolicy) -> dict[str, str]:
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONUNBUFFERED="1",
         PYTHONNOUSERSITE="1",
+        # the job's uid has no passwd entry: libraries that ask getpass.getuser() get this
+        USER="sandbox",
+        LOGNAME="sandbox",
     )
     env.setdefault("LANG", "C.UTF-8")
     threads = policy.threads

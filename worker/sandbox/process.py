@@ -167,7 +167,12 @@ class SandboxedProcess:
             return f"exceeded the memory limit ({limits.memory_bytes / 2**20:.0f} MiB)"
         if sig is not None:
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
-            detail = {signal.SIGSEGV: " (segmentation fault)", signal.SIGBUS: " (bus error)"}
+            detail = {
+                signal.SIGSEGV: " (segmentation fault)",
+                signal.SIGBUS: " (bus error)",
+                # not sent by the sandbox (that would be the wall clock or a cancel, above)
+                signal.SIGKILL: " (out of memory? a container or cgroup memory limit)",
+            }
             return f"killed by {name}{detail.get(sig, '')}"
         if code == 0:
             return "exited normally"
