@@ -326,6 +326,7 @@ def test_torch_runs_inside_the_sandbox_and_writes_to_scratch(scratch):
         t0 = time.time()
         import torch
         t1 = time.time()
+        import synflow.engine  # the project's code is importable too
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
         out = net(torch.ones(4, 8))
@@ -453,3 +454,95 @@ def test_output_files_are_size_capped(scratch):
     assert "File too large" in outcomes["big file"]
     assert (scratch / "big.bin").stat().st_size <= 1 << 20
     assert (scratch / "stdout.log").stat().st_size <= 1 << 20
+
+
+#: Landlock alone, applied by the real module in a plain child (no namespaces, no seccomp)
+LANDLOCK_ONLY = """
+import json, os, socket, sys
+from worker.sandbox import landlock
+allowed, port, outside, scratch = sys.argv[1:5]
+print(landlock.restrict(json.loads(allowed), [scratch]))
+try:
+    socket.create_connection(("127.0.0.1", int(port)), timeout=3)
+    print("connected")
+except OSError as e:
+    print("tcp", e.errno)
+try:
+    open(outside).read()
+    print("read outside")
+except OSError as e:
+    print("read", e.errno)
+open(os.path.join(scratch, "ok"), "w").write("x")
+"""
+
+#: the seccomp filter alone, compiled and loaded by the real module in a plain child
+SECCOMP_ONLY = """
+import ctypes, errno, os, socket
+from worker.sandbox import linux, syscall_filter
+linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+print(syscall_filter.install(syscall_filter.compile_filter()))
+libc = ctypes.CDLL(None, use_errno=True)
+for name, call in (("inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+                   ("unshare", lambda: linux.unshare(linux.CLONE_NEWUSER))):
+    try:
+        call()
+        print(name, "allowed")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+libc.syscall.restype = ctypes.c_long
+print("clone3", libc.syscall(435, None, 0), errno.errorcode[ctypes.get_errno()])
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_landlock_alone_blocks_files_and_tcp(tmp_path, scratch):
+    """Defense in depth: Landlock holds even without namespaces, seccomp or a uid change."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        allowed = json.dumps(["/usr", "/lib", "/lib64", "/etc", "/proc", sys.prefix,
+                              sys.base_prefix, str(Path(__file__).parents[2])])  # fmt: skip
+        argv = [PY, "-c", LANDLOCK_ONLY, allowed, str(listener.getsockname()[1]), str(outside)]
+        out = subprocess.run(
+            [*argv, str(scratch)], capture_output=True, text=True, timeout=60,
+            env={"PYTHONPATH": str(Path(__file__).parents[2])},
+        )  # fmt: skip
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "['landlock-fs', 'landlock-tcp', 'landlock-scope']"
+    assert lines[1:] == ["tcp 13", "read 13"]  # EACCES for both
+    assert (scratch / "ok").exists()
+
+
+def test_seccomp_alone_blocks_sockets_and_namespaces(scratch):
+    out = subprocess.run(
+        [PY, "-c", SECCOMP_ONLY], capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(Path(__file__).parents[2])}, cwd=scratch,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "['seccomp']",
+        "inet EAFNOSUPPORT",
+        "unshare EPERM",
+        "clone3 -1 ENOSYS",  # so that glibc falls back to clone(), whose flags seccomp checks
+        "fork 7",
+    ]
+
+
+def test_probe_command_prints_the_layers():
+    out = subprocess.run(
+        [PY, "-m", "worker.sandbox"], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["exit"] == "exited normally"
+    assert {"landlock-fs", "seccomp", "rlimits"} <= set(report["layers"])
