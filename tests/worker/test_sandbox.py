@@ -159,7 +159,7 @@ def test_no_tcp_connection_reaches_a_loopback_listener(scratch, extra):
             "attempt('tcp6', lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM))\n"
             "attempt('raw', lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))\n"
             "attempt('netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW))\n"
-            "attempt('unix', lambda: socket.socketpair(socket.AF_UNIX))\n"
+            "attempt('pair', lambda: socket.socketpair(socket.AF_UNIX))\n"
             "done()\n"
         )
         proc = run(code, policy(scratch, **extra))
@@ -168,7 +168,30 @@ def test_no_tcp_connection_reaches_a_loopback_listener(scratch, extra):
             listener.accept()
     for name in ("tcp", "tcp6", "raw", "netlink"):
         assert outcomes[name].startswith("error:"), (name, outcomes[name])
-    assert outcomes["unix"].startswith("ok:")  # local IPC (used by libraries) still works
+    assert outcomes["pair"].startswith("ok:")  # socket pairs (used by libraries) still work
+
+
+@POLICIES
+def test_unix_sockets_outside_scratch_cannot_be_reached(scratch, tmp_path, extra):
+    tmp_path.chmod(0o755)
+    path = tmp_path / "service.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(8)
+        listener.setblocking(False)
+        path.chmod(0o777)
+        code = ATTEMPTS + (
+            f"attempt('unix', lambda: socket.socket(socket.AF_UNIX).connect({str(path)!r}))\n"
+            f"attempt('dgram', lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)"
+            f".sendto(b'x', {str(path)!r}))\n"
+            "done()\n"
+        )
+        proc = run(code, policy(scratch, **extra))
+        outcomes = result(proc)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert outcomes["unix"].startswith("error:"), outcomes["unix"]
+    assert outcomes["dgram"].startswith("error:"), outcomes["dgram"]
 
 
 @POLICIES

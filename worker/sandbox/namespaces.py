@@ -5,10 +5,11 @@ The launcher unshares the pid namespace; the next process it forks is pid 1 of t
 including grandchildren that called setsid(): this is how the whole job is reaped.
 
 Init unshares the others and runs `trim_filesystem` inside its new mount namespace (changes stay
-there). Over root's home, /tmp, /var/tmp and /dev/shm it mounts an empty tmpfs, then bind-mounts
-back only the paths the job needs (read-only, except scratch). It does the same for any directory
-the job's uid could not traverse (the interpreter here lives under /root, mode 700): the job sees
-the paths it needs and nothing else there. System directories are never chmod-ed.
+there). Over the home directories, /run, /tmp, /var/tmp and /dev/shm it mounts an empty tmpfs,
+then bind-mounts back only the paths the job needs (read-only, except scratch). It does the same
+for any directory the job's uid could not traverse (the interpreter here lives under /root, mode
+700): the job sees the paths it needs and nothing else there. System directories are never
+chmod-ed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ NAMESPACES = {
 }
 
 #: directories always replaced by an empty tmpfs (plus what the job needs bound back)
-MASKED = ("/root", "/tmp", "/var/tmp", "/dev/shm")
+MASKED = ("/root", "/home", "/run", "/tmp", "/var/tmp", "/dev/shm")
 _MASK_OPTIONS = "mode=0755,size=1m,nr_inodes=4096"
 
 

@@ -1,10 +1,11 @@
 """Seccomp: syscalls the job never needs fail, and only AF_UNIX sockets can be created.
 
 A deny list over libseccomp (PyPI `pyseccomp`): a model loader needs files, memory, threads and
-device ioctls (CUDA), but never a network socket, a new namespace, a mount, ptrace, BPF, kernel
-keyrings or io_uring (whose operations bypass seccomp). `clone3` answers ENOSYS so that glibc
-falls back to `clone`, whose flags seccomp can inspect (clone3 passes them in memory). Syscalls of
-other architectures (e.g. 32-bit int 0x80) kill the process: libseccomp's default.
+device ioctls (CUDA), but never a network socket, a connection to a Unix socket, a new namespace,
+a mount, ptrace, BPF, kernel keyrings or io_uring (whose operations bypass seccomp). `clone3`
+answers ENOSYS so that glibc falls back to `clone`, whose flags seccomp can inspect (clone3
+passes them in memory). Syscalls of other architectures (e.g. 32-bit int 0x80) kill the process:
+libseccomp's default.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def compile_filter() -> bytes:
     no_family = sc.ERRNO(errno.EAFNOSUPPORT)
     filt.add_rule(no_family, "socket", sc.Arg(0, sc.NE, linux.AF_UNIX))
     filt.add_rule(no_family, "socketpair", sc.Arg(0, sc.NE, linux.AF_UNIX))
+    # Landlock (ABI <= 7) does not cover connecting to a Unix socket by path (a Docker or Redis
+    # socket, say): refuse connect(), and sendto() with an address. Socket pairs still work.
+    filt.add_rule(sc.ERRNO(errno.EACCES), "connect")
+    filt.add_rule(sc.ERRNO(errno.EACCES), "sendto", sc.Arg(4, sc.NE, 0))
     with tempfile.TemporaryFile() as f:
         filt.export_bpf(f)
         f.seek(0)
