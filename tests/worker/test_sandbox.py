@@ -364,6 +364,7 @@ def test_torch_runs_inside_the_sandbox_and_writes_to_scratch(scratch):
     outcome = result(proc)
     assert outcome["shape"] == [4, 2] and outcome["threads"] == 1
     assert (scratch / "out.pt").stat().st_size > 0
+    assert (scratch / "out.pt").stat().st_uid == os.getuid()  # handed back to the worker
     print(f"\nimport torch inside the sandbox: {outcome['import_s']:.2f} s")
 
 

@@ -105,6 +105,8 @@ def _supervise(control: str, plan: dict, stop: _Stopper, reader: int, pid_ns: bo
     signal.setitimer(signal.ITIMER_REAL, 0)
     if not pid_ns:  # init is gone; nothing in the kernel reaps the rest for us
         sweep_descendants(uid)
+    if uid is not None:  # give the outputs back to the worker (it needs no DAC override)
+        _own_scratch(plan["scratch"], os.getuid(), os.getgid())
     exit_event = events.get("exit")
     result = {"reason": stop.reason, "setup_error": events.get("error", {}).get("error")}
     if exit_event and not stop.reason:
@@ -130,11 +132,16 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _own_scratch(scratch: str, uid: int, gid: int) -> None:
+    """chown the scratch tree (links themselves, never their targets; no recursion limit)."""
     os.lchown(scratch, uid, gid)
     os.chmod(scratch, 0o700)
-    for top, dirs, files in os.walk(scratch):
-        for name in dirs + files:
-            os.lchown(os.path.join(top, name), uid, gid)
+    stack = [scratch]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                os.lchown(entry.path, uid, gid)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
 
 
 def kill_all_of_uid(uid: int) -> None:
