@@ -2,9 +2,10 @@
 
 Every attacking child records what happened to each attempt in scratch/result.json, so a test
 also proves that the attack ran (a child that crashed early would otherwise "pass"). Two policies:
-FULL (everything this host allows: as root, namespaces and a uid of its own) and DEGRADED
-(namespaces off and no uid change: what a host without namespaces or root still gets, i.e.
-rlimits, Landlock, seccomp and a new session).
+FULL (everything this host allows: as root, namespaces and a uid of its own), USERNS (what a
+worker that is not root gets where user namespaces are allowed: namespaces, no uid of its own)
+and DEGRADED (no namespaces, no uid change: a host without either still gets rlimits, Landlock,
+seccomp and a new session).
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ IS_ROOT = os.geteuid() == 0
 UID = random.randrange(200_000, 260_000, 2)
 
 FULL: dict = {}
+#: the unprivileged route (a user namespace owning the others), taken here although we are root
+USERNS = {"user_namespace": "always", "drop_privileges": False}
 DEGRADED = {"namespaces": False, "drop_privileges": False}
-POLICIES = pytest.mark.parametrize("extra", [FULL, DEGRADED], ids=["full", "degraded"])
+POLICIES = pytest.mark.parametrize(
+    "extra", [FULL, USERNS, DEGRADED], ids=["full", "userns", "degraded"]
+)
 
 
 @pytest.fixture
@@ -420,10 +425,12 @@ def test_layer_report_is_honest(scratch, tmp_path, extra):
     namespaces |= {"uts-namespace", "private-filesystem-view", "reaper-pid-namespace"}
     always = {"rlimits", "new-session", "no-new-privs", "landlock-fs", "landlock-tcp", "seccomp"}
     assert always <= layers, layers
-    if IS_ROOT and not extra:  # this machine and CI: everything is active
+    if IS_ROOT and extra is FULL:  # this machine and CI: everything is active
         assert namespaces | {"uid-drop", "rlimit-nproc"} <= layers, layers
-    if extra:
-        assert not layers & (namespaces | {"uid-drop"}), layers
+    if extra is USERNS:
+        assert namespaces | {"user-namespace"} <= layers and "uid-drop" not in layers, layers
+    if extra is DEGRADED:
+        assert not layers & (namespaces | {"uid-drop", "user-namespace"}), layers
     assert not [layer for layer in layers if layer.startswith("!")], layers
     # ...and each claim holds, seen from inside
     assert seen["seccomp"] == "2" and seen["no_new_privs"] == "1"

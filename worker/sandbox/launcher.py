@@ -54,10 +54,16 @@ def main(argv: list[str]) -> int:
     if drop:
         kill_all_of_uid(uid)  # leftovers of a previous job in this slot, if a worker died
         _own_scratch(plan["scratch"], uid, gid)
-    use_ns = is_root and plan["namespaces"]
     # only the pid namespace here (it takes effect for the next fork): init unshares the others,
     # so that its filesystem changes do not hide the control directory from us
-    ns = namespaces.unshare(["pid-namespace"]) if use_ns else []
+    ns = []
+    if plan["namespaces"]:
+        mode = plan["user_namespace"]
+        if mode == "always" or (mode == "auto" and not is_root):
+            # a user namespace maps only our own uid: no room for a job uid of its own
+            ns = [] if drop else namespaces.enter_user_namespace()
+        elif is_root:
+            ns = namespaces.unshare(["pid-namespace"])
     reader, writer = os.pipe()
     stop = _Stopper()
     signal.signal(signal.SIGTERM, lambda *_: stop("killed"))
@@ -212,7 +218,7 @@ def _run_init(plan: dict, ns: list[str], drop: bool, uid: int, gid: int, writer:
             signal.signal(signum, signal.SIG_DFL)
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher died: so do we
         os.umask(0o022)
-        if plan["namespaces"] and os.geteuid() == 0:
+        if "pid-namespace" in ns or (plan["namespaces"] and os.geteuid() == 0):
             ns = ns + namespaces.unshare(n for n in namespaces.NAMESPACES if n not in ns)
         layers = list(ns)
         if "mount-namespace" in ns:

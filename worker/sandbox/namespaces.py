@@ -1,8 +1,10 @@
 """Namespaces (root only): no network, own pids, IPC and hostname, and a trimmed filesystem view.
 
-The launcher unshares the pid namespace; the next process it forks is pid 1 of the new pid namespace
-(the sandbox's init). When that init exits, the kernel kills every process left in the namespace,
-including grandchildren that called setsid(): this is how the whole job is reaped.
+As root, the launcher unshares the pid namespace; without root it first enters a user namespace
+of its own (`enter_user_namespace`), which lets it create the others. The next process it forks
+is pid 1 of the new pid namespace (the sandbox's init). When that init exits, the kernel kills
+every process left in the namespace, including grandchildren that called setsid(): this is how
+the whole job is reaped.
 
 Init unshares the others and runs `trim_filesystem` inside its new mount namespace (changes stay
 there). Over the home directories, /run, /tmp, /var/tmp and /dev/shm it mounts an empty tmpfs,
@@ -32,6 +34,13 @@ NAMESPACES = {
 #: directories always replaced by an empty tmpfs (plus what the job needs bound back)
 MASKED = ("/root", "/home", "/run", "/tmp", "/var/tmp", "/dev/shm")
 _MASK_OPTIONS = "mode=0755,size=1m,nr_inodes=4096"
+#: statvfs flag -> mount flag, for the flags a bind remount must keep
+_KEPT_FLAGS = (
+    (os.ST_NOEXEC, linux.MS_NOEXEC),
+    (os.ST_NOATIME, linux.MS_NOATIME),
+    (os.ST_NODIRATIME, linux.MS_NODIRATIME),
+    (os.ST_RELATIME, linux.MS_RELATIME),
+)
 
 
 def unshare(names: Iterable[str]) -> list[str]:
@@ -44,6 +53,26 @@ def unshare(names: Iterable[str]) -> list[str]:
             continue
         done.append(name)
     return done
+
+
+def enter_user_namespace() -> list[str]:
+    """The route without root: a user namespace of our own, owning a new pid namespace.
+
+    Only our own uid and gid are mapped (what an unprivileged process may do), so the job keeps
+    the worker's uid; inside, we hold the capabilities to create and set up the other
+    namespaces, which execve drops again for a non-root job. Returns the namespaces entered, or
+    [] if the kernel or a seccomp profile refuses (Docker's default profile does).
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWPID)
+    except OSError:
+        return []
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    return ["user-namespace", "pid-namespace"]
 
 
 def traversable(directory: str, uid: int, gid: int) -> bool:
@@ -106,7 +135,12 @@ def _bind_back(fd: int, path: str, writable: bool) -> None:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
     source = f"/proc/self/fd/{fd}"
     linux.mount(source, path, None, linux.MS_BIND | linux.MS_REC, None)
+    # keep the flags the mount already has: in a user namespace they are locked (EPERM if lost)
+    kept = os.statvfs(path).f_flag
     flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_NOSUID | linux.MS_NODEV
+    for st_flag, ms_flag in _KEPT_FLAGS:
+        if kept & st_flag:
+            flags |= ms_flag
     if not writable:
         flags |= linux.MS_RDONLY
     linux.mount(None, path, None, flags, None)

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 #: the repository root: the job imports the project's packages from here
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +80,10 @@ class SandboxPolicy:
     required_layers: frozenset[str] = frozenset()
     #: turn off to emulate a host without namespaces (a default Docker seccomp profile)
     namespaces: bool = True
+    #: "auto": a user namespace when the worker is not root (the only way it gets namespaces);
+    #: "always": also as root, which then keeps the job on the worker's uid (tests use this to
+    #: exercise the unprivileged route); "never"
+    user_namespace: Literal["auto", "always", "never"] = "auto"
     #: turn off only to emulate an unprivileged host in tests: as root, the job then keeps root
     drop_privileges: bool = True
     #: where the launcher keeps its control files (root-only, never visible to the job)

@@ -259,6 +259,7 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
         "stderr_name": policy.stderr_name,
         "required_layers": sorted(policy.required_layers),
         "namespaces": policy.namespaces,
+        "user_namespace": policy.user_namespace,
         "drop_privileges": policy.drop_privileges,
         "parent_pid": os.getpid(),
     }
