@@ -65,7 +65,8 @@ class SandboxPolicy:
     #: inputs the job may read besides the interpreter, the project and system libraries
     read_only_paths: tuple[Path, ...] = ()
     #: identity of the job when the worker is root: give each concurrent job slot its own uid,
-    #: because RLIMIT_NPROC counts all processes of a uid system-wide
+    #: because RLIMIT_NPROC counts all processes of a uid system-wide, and because starting a
+    #: job first kills every process of its uid (leftovers of a worker that died)
     uid: int = DEFAULT_JOB_UID
     gid: int = DEFAULT_JOB_UID
     #: OMP/MKL thread count; None keeps the worker's setting (or the libraries' default)
