@@ -462,11 +462,19 @@ def test_scratch_files_are_read_without_following_links(scratch):
         os.symlink("/etc/shadow", "masks.safetensors")
         open("real.txt", "w").write("fine")
         os.link("real.txt", "hardlink.txt")
+        os.mkdir("out")
+        open("out/report.json", "w").write("{}")
+        os.symlink("/etc", "linked")
     """
     proc = run(code, policy(scratch))
     assert proc.returncode == 0, proc.stderr_tail()
+    assert read_scratch_file(scratch, "out/report.json", max_bytes=10) == b"{}"
+    with pytest.raises(ValueError):
+        read_scratch_file(scratch, "out/report.json", max_bytes=1)
     with pytest.raises(OSError):
         read_scratch_file(scratch, "masks.safetensors")
+    with pytest.raises(OSError):
+        read_scratch_file(scratch, "linked/passwd")  # a linked directory is refused too
     with pytest.raises(ValueError):
         read_scratch_file(scratch, "real.txt")  # two links now: it might be someone else's file
     with pytest.raises(ValueError):

@@ -283,19 +283,33 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
 def read_scratch_file(
     scratch: Path, name: str, max_bytes: int | None = None, tail: int | None = None
 ) -> bytes:
-    """Read a file the job left in scratch without following its links.
+    """Read a file the job left in scratch without following any link.
 
-    The job owns scratch and may have replaced any file with a symlink or hard link to a file
-    only the worker (root) can read; this opens the file itself only if it is a regular file
-    directly in scratch with a single link. Read it after the job has ended.
+    The job owns scratch while it runs and may have replaced any file or directory with a
+    symlink or hard link to a file only the worker can read; this opens `name` (a relative path
+    like "out/masks.safetensors") component by component, refusing links, and reads it only if
+    it is a regular file with a single link. Call it after the job has ended.
     """
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"{name!r} is not a plain file name")
-    dir_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"{name!r} is not a plain relative path")
+    fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+        for part in parts[:-1]:
+            parent, fd = fd, -1
+            try:
+                fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            finally:
+                os.close(parent)
+        parent, fd = fd, -1
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+        finally:
+            os.close(parent)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
