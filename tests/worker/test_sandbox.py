@@ -585,3 +585,33 @@ def test_probe_command_prints_the_layers():
     report = json.loads(out.stdout)
     assert report["exit"] == "exited normally"
     assert {"landlock-fs", "seccomp", "rlimits"} <= set(report["layers"])
+
+
+#: a stand-in worker: starts a job that lingers (with a setsid() daemon), then waits forever
+WORKER = """
+import sys, textwrap, time
+from pathlib import Path
+from worker.sandbox import SandboxPolicy, start
+scratch, uid, code = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+policy = SandboxPolicy(scratch=scratch, uid=uid, gid=uid, env={"LINGER": "60"})
+proc = start([sys.executable, "-c", code], policy)
+time.sleep(60)
+"""
+
+
+def test_job_dies_with_a_killed_worker(scratch):
+    uid = UID + 2
+    worker = subprocess.Popen(
+        [PY, "-c", WORKER, str(scratch), str(uid), textwrap.dedent(DAEMON)],
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (scratch / "result.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (scratch / "result.json").exists(), "the job never started"
+    finally:
+        worker.kill()  # kill -9: no cleanup code of the worker runs
+        worker.wait()
+    time.sleep(0.5)  # parent-death signals travel launcher -> init -> (pid namespace) job
+    _assert_daemon_gone(scratch, uid if IS_ROOT else None)
