@@ -268,7 +268,7 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
     with open(control / "launcher.log", "wb") as log:
         launcher = subprocess.Popen(
             # -S: site-packages and its .pth hooks cost ~50 ms and the launcher needs none of it
-            [sys.executable, "-S", "-B", "-m", "worker.sandbox.launcher", str(control)],
+            [sys.executable, "-S", "-m", "worker.sandbox.launcher", str(control)],
             cwd=PROJECT_ROOT,
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT)},
             stdin=subprocess.DEVNULL,

@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import errno
 import functools
-import tempfile
 
 from . import linux
 
@@ -42,6 +41,8 @@ def compile_filter() -> bytes:
     launcher need not load libseccomp (its import runs ldconfig, ~0.1 s per job).
     Raises OSError when pyseccomp or libseccomp2 is missing.
     """
+    import tempfile  # here, not at the top: the launcher imports this module too
+
     try:
         import pyseccomp as sc
     except ImportError as e:
