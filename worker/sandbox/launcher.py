@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import resource
+import select
 import signal
 import sys
 import time
@@ -100,7 +101,7 @@ class _Stopper:
 def _supervise(control: str, plan: dict, stop: _Stopper, reader: int, pid_ns: bool, uid) -> int:
     signal.setitimer(signal.ITIMER_REAL, plan["limits"]["wall_seconds"])
     events: dict = {}
-    for line in _lines(reader):
+    for line in _lines(reader, stop.init_pid):
         event = json.loads(line)
         events[event["event"]] = event
         if event["event"] in ("ready", "error") and "started" not in events:
@@ -123,9 +124,21 @@ def _supervise(control: str, plan: dict, stop: _Stopper, reader: int, pid_ns: bo
     return 0
 
 
-def _lines(fd: int):
+def _lines(fd: int, init_pid: int):
+    """Report lines until every writer is gone, or init is (a killed init's job, stuck before
+    execve without a pid namespace, could otherwise hold the pipe open)."""
     buffer = b""
-    while chunk := os.read(fd, 65536):
+    while True:
+        readable, _, _ = select.select([fd], [], [], 0.5)
+        if not readable:
+            if os.waitid(os.P_PID, init_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                continue
+            readable, _, _ = select.select([fd], [], [], 0)  # init is gone: drain, then stop
+            if not readable:
+                return
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
         buffer += chunk
         *complete, buffer = buffer.split(b"\n")
         yield from complete
