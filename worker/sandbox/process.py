@@ -66,6 +66,7 @@ class SandboxedProcess:
         self._started: dict | None = None
         self._exit: dict | None = None
         self._killed = False
+        self._backstop_fired = False
 
     @property
     def pid(self) -> int:
@@ -149,7 +150,7 @@ class SandboxedProcess:
         reason = self._exit.get("reason")
         if self._exit.get("setup_error"):
             return f"sandbox setup failed: {self._exit['setup_error']}"
-        if reason == "wall":
+        if reason == "wall" or self._backstop_fired:
             return f"wall-clock limit exceeded ({limits.wall_seconds:g} s)"
         if reason == "killed" or self._killed:
             return "killed by the worker (cancelled)"
@@ -207,6 +208,7 @@ class SandboxedProcess:
     def _enforce_wall_backstop(self) -> None:
         elapsed = time.monotonic() - self.started_at
         if elapsed > self.policy.limits.wall_seconds + WALL_BACKSTOP_S:
+            self._backstop_fired = True
             self.kill()
 
     def _finish(self) -> None:
@@ -227,7 +229,11 @@ class SandboxedProcess:
 
 
 def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
-    """Start argv in the sandbox. The job's stdout and stderr go to files in scratch."""
+    """Start argv in the sandbox. The job's stdout and stderr go to files in scratch.
+
+    The job dies with the thread that called this (a parent-death signal: Linux ties it to the
+    thread), so call it from the thread that waits for the job, not from a short-lived one.
+    """
     scratch = Path(policy.scratch).resolve()
     if not scratch.is_dir():
         raise SandboxError(f"scratch directory {scratch} does not exist")
