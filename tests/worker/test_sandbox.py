@@ -593,7 +593,8 @@ import sys, textwrap, time
 from pathlib import Path
 from worker.sandbox import SandboxPolicy, start
 scratch, uid, code = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-policy = SandboxPolicy(scratch=scratch, uid=uid, gid=uid, env={"LINGER": "60"})
+policy = SandboxPolicy(scratch=scratch, uid=uid, gid=uid, env={"LINGER": "60"},
+                       control_root=scratch.parent)  # a dying worker leaves its control files
 proc = start([sys.executable, "-c", code], policy)
 time.sleep(60)
 """
