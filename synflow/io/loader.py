@@ -16,9 +16,7 @@ def load_model(path: str | Path) -> LoadedModel:
 
         return load_torchscript(path)
     if fmt == ONNX:
-        try:
-            from synflow.io.onnx import load_onnx
-        except ImportError as exc:  # pragma: no cover - ONNX support lands separately
-            raise InvalidModelError("ONNX models are not supported by this build") from exc
+        from synflow.io.onnx import load_onnx
+
         return load_onnx(path)
     raise InvalidModelError(f"unsupported model format {fmt!r}")
