@@ -13,6 +13,7 @@ converter of its own. `ensure_registered()` is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -24,7 +25,6 @@ from onnx2torch.utils.common import (
     OnnxMapping,
     OperationConverterResult,
     get_const_value,
-    onnx_mapping_from_node,
 )
 
 #: Guard: the reason the old converter would be wrong for this node, or None when it is exact.
@@ -157,10 +157,9 @@ def _reduce_with_axes_input(node: OnnxNode, graph: OnnxGraph) -> OperationConver
 
 
 def _register(op_type: str, version: int, converter) -> None:
-    try:
+    # ValueError: already registered (by an earlier call, or by a newer onnx2torch)
+    with contextlib.suppress(ValueError):
         add_converter(operation_type=op_type, version=version)(converter)
-    except ValueError:  # already registered (by us earlier, or by a newer onnx2torch)
-        pass
 
 
 _registered = False
@@ -178,6 +177,3 @@ def ensure_registered() -> None:
         for version in versions:
             _register(op_type, version, _reduce_with_axes_input)
     _registered = True
-
-
-__all__ = ["ensure_registered", "onnx_mapping_from_node"]
