@@ -49,9 +49,26 @@ def mlp() -> nn.Module:
     )
 
 
+def convnet() -> nn.Module:
+    """Conv + BatchNorm, a transposed convolution and a linear head."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 2, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 10),
+    )
+
+
+SMALL = {"mlp": mlp, "convnet": convnet}
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = mlp() if name == "mlp" else TORCHVISION[name]()
+    model = SMALL[name]() if name in SMALL else TORCHVISION[name]()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so folding changes the weights
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -62,8 +79,13 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> Path:
-    """exporter: "legacy13", "legacy17" (TorchScript-based) or "dynamo" (its default opset)."""
+def export(
+    model: nn.Module, example: torch.Tensor, path: Path, exporter: str, fold: bool = True
+) -> Path:
+    """exporter: "legacy13", "legacy17" (TorchScript-based) or "dynamo" (its default opset).
+
+    `fold=False` keeps BatchNormalization nodes (legacy exporter only).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter.startswith("legacy"):
@@ -75,6 +97,8 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -
                 opset_version=int(exporter.removeprefix("legacy")),
                 input_names=["input"],
                 dynamic_axes={"input": {0: "batch"}},
+                training=torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.PRESERVE,
+                do_constant_folding=fold,
             )
         else:
             torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False)
@@ -87,23 +111,27 @@ def initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 def twin_torchscript(
-    model: nn.Module, onnx_path: Path, example: torch.Tensor, out: Path
+    model: nn.Module, onnx_path: Path, example: torch.Tensor, out: Path, fold: bool = True
 ) -> tuple[Path, dict[str, str]]:
-    """The folded network carrying the ONNX file's numbers, saved as TorchScript.
+    """The (folded) network carrying the ONNX file's numbers, saved as TorchScript.
 
     Returns the .pt path and the map TorchScript key -> ONNX initializer name.
     """
-    folded = fuse(model) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else model
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    folded = fuse(model) if fold and has_bn else model
     stored = {k: torch.from_numpy(v.copy()) for k, v in initializers(onnx_path).items()}
     names: dict[str, str] = {}
     with torch.no_grad():
         for key, param in folded.named_parameters():
-            name = _closest(param, stored, transposed=False) or _closest(param, stored, True)
+            transposed = False
+            name = _closest(param, stored, transposed)
+            if name is None and param.dim() == 2:  # MatMul stores the (in, out) matrix
+                transposed = True
+                name = _closest(param, stored, transposed)
             if name is None and not param.any():
                 continue  # an all-zero bias that the dynamo exporter's optimizer dropped
             assert name is not None, f"no ONNX initializer matches {key}"
-            value = stored[name]
-            param.copy_(value if value.shape == param.shape else value.T)
+            param.copy_(stored[name].T if transposed else stored[name])
             names[key] = name
     traced = torch.jit.trace(folded, example)
     path = out / "twin.pt"
