@@ -162,7 +162,7 @@ def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
 
 def _check_onnx(model: onnx.ModelProto) -> None:
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise InvalidModelError(f"the ONNX model is invalid (onnx.checker): {first}") from exc
