@@ -16,7 +16,9 @@ def load_model(path: str | Path) -> LoadedModel:
 
         return load_torchscript(path)
     if fmt == ONNX:
-        from synflow.io.onnx import load_onnx
-
+        try:
+            from synflow.io.onnx import load_onnx
+        except ImportError as exc:  # pragma: no cover - ONNX support lands separately
+            raise InvalidModelError("ONNX models are not supported by this build") from exc
         return load_onnx(path)
     raise InvalidModelError(f"unsupported model format {fmt!r}")

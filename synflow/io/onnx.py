@@ -102,6 +102,8 @@ def _tensors(model: onnx.ModelProto):
                 yield attr.t
             elif attr.type == onnx.AttributeProto.TENSORS:
                 yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
 
 
 def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
@@ -455,10 +457,12 @@ def bind_parameters(
                 _set_param(layer, "weight", weight, weight.detach())
                 if bias is not None:
                     _set_param(layer, "bias", bias, bias.detach())
-            else:
-                if bias is None and layer.bias is not None:  # a constant C that is not a use
-                    bias = nn.Parameter(layer.bias.detach() / beta, requires_grad=False)
-                setattr(module, node.name, ConstantGemm(weight, bias, alpha, beta, trans_b))
+                continue
+            # onnx2torch holds alpha * op(B) as (out, in); keep B itself, in its own layout
+            held = weight.detach().t() if not trans_b else weight.detach()
+            if not torch.allclose(layer.weight.detach(), alpha * held):
+                raise RuntimeError("onnx2torch placed a Gemm weight differently than expected")
+            setattr(module, node.name, ConstantGemm(weight, bias, alpha, beta, trans_b))
             continue
         if weight is not None:
             _set_param(layer, "weight", weight, weight.detach())
