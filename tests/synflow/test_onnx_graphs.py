@@ -3,6 +3,7 @@ scaling, ConvTranspose, normalisation flags, newer opsets."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -121,12 +122,14 @@ def test_gemm_orientation_and_alpha(tmp_path, alpha, trans_b):
     net = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 5, bias=False)).eval()
     with torch.no_grad():  # power-of-two alphas keep the scaled weights exact
         net[0].weight.copy_(torch.from_numpy(alpha * (w1 if trans_b else w1.T)))
-        net[0].bias.copy_(torch.from_numpy(initializers_of(model)["B1"]))
+        net[0].bias.copy_(torch.from_numpy(initializers_of(model)["B1"].copy()))
         net[2].weight.copy_(torch.from_numpy(w2.T))
     twin = tmp_path / "gemm.pt"
     torch.jit.save(torch.jit.trace(net, torch.ones(1, 8)), str(twin))
     config = PruneConfig(sparsity=0.7, iterations=4)
     onnx_masks, ts_masks = prune_both(path, twin, config, tmp_path)
+    report = json.loads((tmp_path / "onnx" / "report.json").read_text())
+    assert [r["flops_dense"] for r in report["layers"]] == [2 * 8 * 12, 2 * 12 * 5]
 
     assert onnx_masks["W1"].shape == w1.shape and onnx_masks["W2"].shape == (12, 5)
     np.testing.assert_array_equal(

@@ -34,6 +34,8 @@ NETWORKS = {  # name -> input of one batch
 }
 CONFIG = PruneConfig(sparsity=0.9, iterations=5)
 
+pytestmark = pytest.mark.slow  # about 2-3 minutes on two CPU cores, most of it ResNet-18 and VGG
+
 
 @dataclass
 class Case:
