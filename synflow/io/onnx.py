@@ -221,7 +221,7 @@ def prepare_for_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     graph = prepared.graph
-    stored = {t.name for t in graph.initializer}
+    stored = {t.name: t for t in graph.initializer}
     outputs = {v.name for v in graph.output}
     alias: dict[str, str] = {}
     kept = []
@@ -235,7 +235,7 @@ def prepare_for_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
             if name in alias:
                 node.input[i] = alias[name]
         if node.op_type == "Reshape":
-            _drop_needless_allowzero(node, graph)
+            _drop_needless_allowzero(node, stored)
         forwards_initializer = (
             node.op_type == "Identity"
             and len(node.input) == 1
@@ -254,11 +254,11 @@ def prepare_for_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
     return prepared
 
 
-def _drop_needless_allowzero(node: onnx.NodeProto, graph: onnx.GraphProto) -> None:
+def _drop_needless_allowzero(node: onnx.NodeProto, stored: dict[str, onnx.TensorProto]) -> None:
     """`allowzero=1` only changes what a 0 in the target shape means; with a constant shape
     free of zeros it is a no-op, and onnx2torch (which rejects it) can convert the node."""
     attrs = [a for a in node.attribute if a.name == "allowzero" and a.i == 1]
-    shape = next((t for t in graph.initializer if t.name == node.input[1]), None)
+    shape = stored.get(node.input[1]) if len(node.input) > 1 else None
     if attrs and shape is not None and (numpy_helper.to_array(shape) != 0).all():
         node.attribute.remove(attrs[0])
 
