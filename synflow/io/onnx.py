@@ -54,8 +54,8 @@ class OnnxLimits:
 
 DEFAULT_LIMITS = OnnxLimits()
 
-#: The standard operator set, under both of its spellings. onnx2torch runs nothing else.
-ALLOWED_DOMAINS = frozenset({"", "ai.onnx"})
+#: The standard operator set (onnx.checker accepts it only as ""). onnx2torch runs nothing else.
+ALLOWED_DOMAINS = frozenset({""})
 #: Layers whose constant weight input is prunable, and where their weight and bias sit.
 WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 NORM_OPS = frozenset(
@@ -130,7 +130,7 @@ def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
         raise InvalidModelError(
             "the graph uses operators from custom domains "
             + ", ".join(_quote(d) for d in custom[:5])
-            + "; only the standard ONNX operator set (domain 'ai.onnx') can be run"
+            + "; only the standard ONNX operator set can be run"
         )
     for node in graph.node:
         if any(
@@ -216,8 +216,8 @@ def _node_name(index: int) -> str:
 
 
 def prepare_for_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with generated node names, the standard domain spelled '', and initializers read
-    through `Identity` nodes wired in directly. The uploaded model is not changed."""
+    """A copy with generated node names, no node metadata, and initializers read through
+    `Identity` nodes wired in directly. The uploaded model is not changed."""
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     graph = prepared.graph
@@ -229,8 +229,6 @@ def prepare_for_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
         node.name = _node_name(index)
         node.doc_string = ""
         del node.metadata_props[:]
-        if node.domain == "ai.onnx":
-            node.domain = ""
         for i, name in enumerate(node.input):
             if name in alias:
                 node.input[i] = alias[name]
@@ -248,9 +246,6 @@ def prepare_for_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    for opset in prepared.opset_import:
-        if opset.domain == "ai.onnx":
-            opset.domain = ""
     return prepared
 
 

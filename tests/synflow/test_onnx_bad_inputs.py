@@ -386,3 +386,21 @@ def test_torch_export_archive_refused(tmp_path):
     path = tmp_path / "model.pt2"
     torch.export.save(program, str(path))
     refused(path, "torch.export", "pickle", "onnx")
+
+
+def test_conv_weight_computed_at_run_time(tmp_path):
+    """onnx2torch needs Conv weights as initializers; a computed one is named, not a crash."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Neg", ["W"], ["Wn"]),
+            helper.make_node("Conv", ["x", "Wn"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [output("y")],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    refused(save(model, tmp_path / "computed.onnx"), "Wn", "constant initializer")
