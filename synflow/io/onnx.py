@@ -10,7 +10,12 @@ Conversion uses onnx2torch on a *copy* of the graph prepared for it:
   torch.fx pastes into generated Python source, so a crafted name would run code;
 - `Identity` nodes that only forward an initializer are bypassed (the legacy exporter stores equal
   tensors once and feeds the copies through `Identity`, which onnx2torch cannot use as a Conv
-  weight).
+  weight);
+- `Reshape` drops `allowzero=1` where its constant shape has no zero (a no-op the converter
+  rejects; the dynamo exporter writes it).
+
+Operator versions newer than onnx2torch knows are mapped in `synflow.io.onnx_ops`; anything
+else is refused up front with the operator named.
 
 Every initializer that holds a weight, bias or normalisation parameter becomes exactly one
 `nn.Parameter`, with the initializer's values, shape and orientation (a Gemm with `transB=0` keeps
