@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -350,25 +351,28 @@ def injected_model(marker: Path) -> onnx.ModelProto:
     return model
 
 
-def marker_dir(tmp_path: Path) -> Path:
+@pytest.fixture
+def marker_dir(tmp_path: Path):
+    """A dot-free folder for the marker (onnx2torch turns dots in node names into slashes)."""
     folder = Path("/tmp") / f"synflow_marker_{os.getpid()}_{tmp_path.name.replace('.', '_')}"
-    folder.mkdir(exist_ok=True)
-    return folder
+    folder.mkdir()
+    yield folder
+    shutil.rmtree(folder)
 
 
-def test_node_name_injection_payload_is_real(tmp_path):
+def test_node_name_injection_payload_is_real(marker_dir):
     """The payload does run through plain onnx2torch, so the next test shows a real defence."""
     from onnx2torch import convert
 
-    marker = marker_dir(tmp_path) / "plain_onnx2torch"
+    marker = marker_dir / "plain_onnx2torch"
     module = convert(injected_model(marker))
     with pytest.raises(TypeError):
         module(torch.ones(1, 4))
     assert marker.exists()
 
 
-def test_node_name_injection_never_executes(tmp_path):
-    marker = marker_dir(tmp_path) / "synflow"
+def test_node_name_injection_never_executes(tmp_path, marker_dir):
+    marker = marker_dir / "synflow"
     path = save(injected_model(marker), tmp_path / "evil.onnx")
     report = prune_file(path, PruneConfig(sparsity=0.5, iterations=3), tmp_path / "out")
     assert not marker.exists()
