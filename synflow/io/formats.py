@@ -35,8 +35,10 @@ def _zip_kind(path: Path, limits: ArchiveLimits | None) -> str:
         )
     if any(n.endswith("archive_format") or "/models/" in n for n in names):
         raise InvalidModelError(
-            "this looks like a torch.export (.pt2) archive, which is not supported yet; "
-            "upload a TorchScript (torch.jit.save) or ONNX file"
+            "this is a torch.export (.pt2) archive, which is not accepted: torch.export.load "
+            "unpickles parts of it, and PyTorch says never to load one from an untrusted "
+            "source. Convert the program to ONNX instead: torch.onnx.export(model, args, "
+            "path, dynamo=True, external_data=False)"
         )
     raise InvalidModelError(
         "the zip archive is not a TorchScript model (no code/ or constants.pkl inside); "

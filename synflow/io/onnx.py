@@ -1,0 +1,549 @@
+"""ONNX in and out: an uploaded graph becomes a torch module, the pruned graph goes back as ONNX.
+
+Untrusted files are checked before anything else touches them: a size limit, a protobuf parse
+without external data, a refusal of every external-data reference (no path the model names is
+ever opened), domain and operator allow-lists, and `onnx.checker`.
+
+Conversion uses onnx2torch on a *copy* of the graph prepared for it:
+
+- every node is renamed `node_<index>`: onnx2torch turns node names into module names, which
+  torch.fx pastes into generated Python source, so a crafted name would run code;
+- `Identity` nodes that only forward an initializer are bypassed (the legacy exporter stores equal
+  tensors once and feeds the copies through `Identity`, which onnx2torch cannot use as a Conv
+  weight);
+- `Reshape` drops `allowzero=1` where its constant shape has no zero (a no-op the converter
+  rejects; the dynamo exporter writes it).
+
+Operator versions newer than onnx2torch knows are mapped in `synflow.io.onnx_ops`; anything
+else is refused up front with the operator named.
+
+Every initializer that holds a weight, bias or normalisation parameter becomes exactly one
+`nn.Parameter`, with the initializer's values, shape and orientation (a Gemm with `transB=0` keeps
+its `(in, out)` matrix), shared by every node that uses it. So masks and weights are keyed by
+initializer name and shaped like the initializer without any translation, and an initializer
+feeding several layers (the exporter's de-duplication, or real weight tying) is one tensor with
+one mask: its score sums the flow through all its uses, as for a tied parameter in torch, and
+the written graph stays the uploaded one.
+
+The writer copies the uploaded graph and zeroes only the pruned entries of those initializers:
+nodes, names, opsets, inputs, outputs and metadata are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import fx, nn
+
+from synflow.errors import InvalidModelError
+from synflow.io.formats import ONNX
+from synflow.model import LoadedModel, PrunableTensor
+
+
+@dataclass(frozen=True)
+class OnnxLimits:
+    """What an uploaded ONNX file may contain; the service fills these from its settings."""
+
+    max_file_bytes: int = 1 << 30  # protobuf itself cannot exceed 2 GiB
+    max_nodes: int = 50_000
+    max_initializers: int = 50_000
+    max_elements: int = 1_000_000_000  # declared elements over all initializers
+    max_rank: int = 8
+
+
+DEFAULT_LIMITS = OnnxLimits()
+
+#: The standard operator set (onnx.checker accepts it only as ""). onnx2torch runs nothing else.
+ALLOWED_DOMAINS = frozenset({""})
+#: Layers whose constant weight input is prunable, and where their weight and bias sit.
+WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+NORM_OPS = frozenset(
+    {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
+)
+#: The engine feeds one all-ones float32 tensor.
+INPUT_ELEM_TYPE = onnx.TensorProto.FLOAT
+#: Name length kept when quoting names from the file in messages.
+NAME_IN_MESSAGE = 60
+
+
+def _quote(name: str) -> str:
+    return repr(name[:NAME_IN_MESSAGE] + ("..." if len(name) > NAME_IN_MESSAGE else ""))
+
+
+# --- reading and checking ---------------------------------------------------------------------
+
+
+def _parse(path: Path, limits: OnnxLimits) -> onnx.ModelProto:
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise InvalidModelError(
+            f"the ONNX file is {size} bytes, over the limit of {limits.max_file_bytes} bytes"
+        )
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeError or ValueError
+        raise InvalidModelError(
+            f"the file is not a readable ONNX model ({type(exc).__name__}); is it truncated or "
+            "not an .onnx file? Export it again with torch.onnx.export or your framework's "
+            "ONNX exporter"
+        ) from exc
+    if not model.HasField("graph") or not model.graph.node:
+        raise InvalidModelError("the ONNX file holds no graph (no nodes); is it an ONNX model?")
+    return model
+
+
+def _tensors(model: onnx.ModelProto):
+    """Every tensor stored in the main graph: initializers and Constant node values."""
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+
+
+def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
+    """Refuse what must never reach the checker or the converter; opens no file."""
+    graph = model.graph
+    if len(graph.node) > limits.max_nodes:
+        raise InvalidModelError(
+            f"the graph has {len(graph.node)} nodes, over the limit of {limits.max_nodes}"
+        )
+    if len(graph.initializer) > limits.max_initializers:
+        raise InvalidModelError(
+            f"the graph has {len(graph.initializer)} initializers, over the limit of "
+            f"{limits.max_initializers}"
+        )
+    if graph.sparse_initializer:
+        raise InvalidModelError("sparse initializers are not supported; store dense tensors")
+    if model.functions:
+        raise InvalidModelError(
+            "the model defines local functions, which the converter cannot run; export it "
+            "with functions inlined"
+        )
+    custom = sorted({n.domain for n in graph.node if n.domain not in ALLOWED_DOMAINS})
+    if custom:
+        raise InvalidModelError(
+            "the graph uses operators from custom domains "
+            + ", ".join(_quote(d) for d in custom[:5])
+            + "; only the standard ONNX operator set can be run"
+        )
+    for node in graph.node:
+        if any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for a in node.attribute
+        ):
+            raise InvalidModelError(
+                f"the graph uses control flow ({node.op_type} with a subgraph), which is not "
+                "supported; export the model without data-dependent branches or loops"
+            )
+    elements = 0
+    for tensor in _tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise InvalidModelError(
+                f"tensor {_quote(tensor.name)} refers to external data; only self-contained "
+                "ONNX files are accepted, and no file the model names is ever opened. Save the "
+                "weights inside the file: torch.onnx.export(..., external_data=False) or "
+                "onnx.save(model, path, save_as_external_data=False)"
+            )
+        if len(tensor.dims) > limits.max_rank or any(d < 0 for d in tensor.dims):
+            raise InvalidModelError(
+                f"tensor {_quote(tensor.name)} declares an invalid shape {list(tensor.dims)[:10]}"
+            )
+        elements += math.prod(tensor.dims)
+        if elements > limits.max_elements:
+            raise InvalidModelError(
+                f"the model's tensors declare more than {limits.max_elements} elements in all, "
+                "over the limit"
+            )
+
+
+def _check_onnx(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InvalidModelError(f"the ONNX model is invalid (onnx.checker): {first}") from exc
+
+
+def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    stored = {t.name for t in graph.initializer}
+    return [v for v in graph.input if v.name not in stored]
+
+
+def static_input_shape(model: onnx.ModelProto) -> tuple[int, ...] | None:
+    """The one input's shape when every dimension but the batch is fixed (batch -> 1)."""
+    inputs = _graph_inputs(model.graph)
+    if len(inputs) != 1:
+        names = ", ".join(_quote(v.name) for v in inputs[:5])
+        raise InvalidModelError(
+            f"the model has {len(inputs)} inputs ({names}); the engine feeds exactly one "
+            "float32 tensor, so export the model with a single input"
+        )
+    tensor_type = inputs[0].type.tensor_type
+    if not inputs[0].type.HasField("tensor_type") or tensor_type.elem_type != INPUT_ELEM_TYPE:
+        kind = (
+            onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+            if inputs[0].type.HasField("tensor_type")
+            else "not a tensor"
+        )
+        raise InvalidModelError(
+            f"the model's input {_quote(inputs[0].name)} is {kind}; the engine feeds a float32 "
+            "tensor, so export the model with a float32 input"
+        )
+    if not tensor_type.HasField("shape") or not tensor_type.shape.dim:
+        return None
+    shape = []
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            shape.append(dim.dim_value)
+        elif axis == 0:
+            shape.append(1)  # a dynamic batch: one sample is enough
+        else:
+            return None
+    return tuple(shape)
+
+
+# --- the copy the converter sees --------------------------------------------------------------
+
+
+def _node_name(index: int) -> str:
+    return f"node_{index}"
+
+
+def prepare_for_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with generated node names, no node metadata, and initializers read through
+    `Identity` nodes wired in directly. The uploaded model is not changed."""
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    graph = prepared.graph
+    stored = {t.name: t for t in graph.initializer}
+    outputs = {v.name for v in graph.output}
+    alias: dict[str, str] = {}
+    kept = []
+    for index, node in enumerate(graph.node):
+        node.name = _node_name(index)
+        node.doc_string = ""
+        del node.metadata_props[:]
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+        if node.op_type == "Reshape":
+            _drop_needless_allowzero(node, stored)
+        forwards_initializer = (
+            node.op_type == "Identity"
+            and len(node.input) == 1
+            and node.input[0] in stored
+            and node.output[0] not in outputs
+        )
+        if forwards_initializer:
+            alias[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return prepared
+
+
+def _drop_needless_allowzero(node: onnx.NodeProto, stored: dict[str, onnx.TensorProto]) -> None:
+    """`allowzero=1` only changes what a 0 in the target shape means; with a constant shape
+    free of zeros it is a no-op, and onnx2torch (which rejects it) can convert the node."""
+    attrs = [a for a in node.attribute if a.name == "allowzero" and a.i == 1]
+    shape = stored.get(node.input[1]) if len(node.input) > 1 else None
+    if attrs and shape is not None and (numpy_helper.to_array(shape) != 0).all():
+        node.attribute.remove(attrs[0])
+
+
+def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    from onnx2torch.node_converters import get_converter
+
+    version = {o.domain: o.version for o in model.opset_import}.get("", 1)
+    missing = []
+    for node in model.graph.node:
+        try:
+            get_converter(domain=node.domain, operation_type=node.op_type, version=version)
+        except NotImplementedError:
+            missing.append(f"{node.op_type} (opset {version})")
+    return sorted(set(missing))
+
+
+def _convert(prepared: onnx.ModelProto) -> fx.GraphModule:
+    from onnx2torch import convert
+
+    from synflow.io.onnx_ops import ensure_registered
+
+    ensure_registered()
+    missing = _unsupported_ops(prepared)
+    if missing:
+        raise InvalidModelError(
+            "the graph uses operators the ONNX-to-torch converter cannot run: "
+            + ", ".join(missing[:10])
+            + "; export the model with opset 17 or rewrite those operations"
+        )
+    try:
+        module = convert(prepared, attach_onnx_mapping=True)
+    except NotImplementedError as exc:
+        raise InvalidModelError(f"the ONNX model cannot be converted: {exc}") from exc
+    except KeyError as exc:
+        raise InvalidModelError(
+            f"the ONNX model cannot be converted: tensor {exc} must be a constant initializer "
+            "(a Conv or BatchNormalization parameter computed at run time is not supported)"
+        ) from exc
+    except (ValueError, RuntimeError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InvalidModelError(f"the ONNX model cannot be converted: {first}") from exc
+    return module.eval()
+
+
+# --- initializers as parameters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitializerUse:
+    """An initializer that one node uses as a weight, bias or normalisation parameter."""
+
+    initializer: str
+    node: int  # index in the uploaded graph
+    node_name: str  # the node's name in the uploaded graph (for reports)
+    op_type: str
+    role: str  # "weight" | "bias" | "norm_weight" | "norm_bias"
+
+
+def parameter_uses(model: onnx.ModelProto, prepared: onnx.ModelProto) -> list[InitializerUse]:
+    """Which initializers are layer parameters, in node order (uses read from `prepared`)."""
+    graph = prepared.graph
+    stored = {t.name: t for t in graph.initializer}
+    original_names = {_node_name(i): n.name for i, n in enumerate(model.graph.node)}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    uses: list[InitializerUse] = []
+
+    def add(node: onnx.NodeProto, name: str, role: str, op_type: str = "") -> None:
+        if name in stored and stored[name].data_type in _FLOAT_TYPES:
+            index = int(node.name.removeprefix("node_"))
+            label = original_names[node.name] or node.name
+            uses.append(InitializerUse(name, index, label, op_type or node.op_type, role))
+
+    for node in graph.node:
+        inputs = list(node.input)
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+            if len(inputs) > 1:
+                add(node, inputs[1], "weight")
+            if len(inputs) > 2 and inputs[2]:
+                add(node, inputs[2], "bias")
+        elif node.op_type == "MatMul":
+            constant = [
+                i for i in (0, 1) if inputs[i] in stored and len(stored[inputs[i]].dims) > 1
+            ]
+            if len(constant) == 1:
+                add(node, inputs[constant[0]], "weight")
+                # MatMul + Add of a constant is how exporters spell a linear layer's bias
+                for user in consumers.get(node.output[0], []):
+                    other = [n for n in user.input if n != node.output[0]]
+                    if user.op_type == "Add" and len(other) == 1:
+                        add(user, other[0], "bias", op_type="MatMul")
+        elif node.op_type in NORM_OPS:
+            if len(inputs) > 1:
+                add(node, inputs[1], "norm_weight")
+            if len(inputs) > 2 and inputs[2]:
+                add(node, inputs[2], "norm_bias")
+    return uses
+
+
+_FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
+
+
+class ConstantGemm(nn.Module):
+    """ONNX Gemm `alpha * A @ op(B) + beta * C` with B (and C) as parameters in ONNX layout.
+
+    Used where onnx2torch would hold B as a transposed or alpha-scaled copy in an `nn.Linear`.
+    """
+
+    def __init__(self, weight: nn.Parameter, bias, alpha: float, beta: float, trans_b: bool):
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+        self.alpha = alpha
+        self.beta = beta
+        self.trans_b = trans_b
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        b = self.weight.t() if self.trans_b else self.weight
+        out = a @ b
+        if self.alpha != 1.0:
+            out = out * self.alpha
+        if self.bias is not None:
+            out = out + (self.bias * self.beta if self.beta != 1.0 else self.bias)
+        return out
+
+
+def _buffer_values(module: fx.GraphModule) -> dict[str, str]:
+    """Container buffer name -> the initializer it was copied from, read from the fx graph."""
+    found: dict[str, str] = {}
+    for fx_node in module.graph.nodes:
+        if fx_node.op != "call_module":
+            continue
+        mapping = getattr(module.get_submodule(fx_node.target), "onnx_mapping", None)
+        if mapping is None:
+            continue
+        names = list(mapping.inputs)
+        pairs = list(zip(fx_node.args, names, strict=False))
+        rest = [n for n in names[len(fx_node.args) :] if n]
+        pairs += list(zip(fx_node.kwargs.values(), rest, strict=False))
+        for arg, value in pairs:
+            if isinstance(arg, fx.Node) and arg.op == "get_attr":
+                found[arg.target] = value
+    return found
+
+
+def _set_param(owner: nn.Module, attr: str, param: nn.Parameter, expected) -> None:
+    current = getattr(owner, attr)
+    if current is None or not torch.equal(current.detach(), expected):
+        raise RuntimeError(f"onnx2torch placed {attr} differently than expected")
+    if attr in owner._buffers:
+        delattr(owner, attr)
+    setattr(owner, attr, param)
+
+
+def bind_parameters(
+    module: fx.GraphModule, prepared: onnx.ModelProto, uses: list[InitializerUse]
+) -> dict[str, nn.Parameter]:
+    """One Parameter per used initializer, in its layout, put wherever onnx2torch copied it."""
+    stored = {t.name: t for t in prepared.graph.initializer}
+    params = {
+        u.initializer: nn.Parameter(
+            torch.from_numpy(numpy_helper.to_array(stored[u.initializer]).copy())
+        )
+        for u in uses
+    }
+    # 1. copies held as buffers of the initializer container (MatMul, Add, OnnxGemm inputs)
+    for target, value in _buffer_values(module).items():
+        if value in params:
+            owner, _, attr = target.rpartition(".")
+            _set_param(module.get_submodule(owner), attr, params[value], params[value].detach())
+    # 2. copies inside converted layers (Conv, ConvTranspose, Gemm as Linear, normalisation)
+    for node in prepared.graph.node:
+        layer = module.get_submodule(node.name) if hasattr(module, node.name) else None
+        if isinstance(layer, nn.Sequential):  # Conv with asymmetric padding: (pad, conv)
+            layer = layer[-1]
+        if layer is None or not isinstance(getattr(layer, "weight", None), nn.Parameter):
+            continue
+        weight = params.get(node.input[1]) if len(node.input) > 1 else None
+        bias = params.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if node.op_type == "Gemm" and isinstance(layer, nn.Linear):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+            trans_b = bool(attrs.get("transB", 0))
+            if trans_b and alpha == 1.0 and beta == 1.0:
+                _set_param(layer, "weight", weight, weight.detach())
+                if bias is not None:
+                    _set_param(layer, "bias", bias, bias.detach())
+                continue
+            # onnx2torch holds alpha * op(B) as (out, in); keep B itself, in its own layout
+            held = weight.detach().t() if not trans_b else weight.detach()
+            if not torch.allclose(layer.weight.detach(), alpha * held):
+                raise RuntimeError("onnx2torch placed a Gemm weight differently than expected")
+            setattr(module, node.name, ConstantGemm(weight, bias, alpha, beta, trans_b))
+            continue
+        if weight is not None:
+            _set_param(layer, "weight", weight, weight.detach())
+        if bias is not None and isinstance(getattr(layer, "bias", None), nn.Parameter):
+            _set_param(layer, "bias", bias, bias.detach())
+    return params
+
+
+# --- writing back -----------------------------------------------------------------------------
+
+
+def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], path: Path) -> None:
+    """The uploaded graph with each parameter initializer's zeroed entries zeroed, nothing else."""
+    out = onnx.ModelProto()
+    out.CopyFrom(original)
+    by_name = {t.name: t for t in out.graph.initializer}
+    for name, param in params.items():
+        current = param.detach().cpu().numpy()
+        zeroed = current == 0
+        tensor = by_name[name]
+        values = numpy_helper.to_array(tensor)
+        if not zeroed.any() or not (values[zeroed] != 0).any():
+            continue  # nothing pruned here: keep the stored bytes as they are
+        pruned = values.copy()
+        pruned[zeroed] = 0
+        tensor.CopyFrom(numpy_helper.from_array(pruned, name))
+    Path(path).write_bytes(out.SerializeToString())
+
+
+def _find(
+    uses: list[InitializerUse],
+    param_names: dict[str, str],
+    model: LoadedModel,
+    prune_bias: bool,
+    prune_batchnorm: bool,
+) -> list[PrunableTensor]:
+    wanted = {
+        "weight": True,
+        "bias": prune_bias,
+        "norm_weight": prune_batchnorm,
+        "norm_bias": prune_bias and prune_batchnorm,
+    }
+    found: list[PrunableTensor] = []
+    seen: set[str] = set()
+    for use in uses:
+        if use.initializer in seen:
+            continue
+        seen.add(use.initializer)  # the first use decides the role
+        if wanted[use.role]:
+            name = param_names[use.initializer]
+            found.append(
+                PrunableTensor(use.initializer, name, use.node_name, use.op_type, use.role)
+            )
+    return found
+
+
+def load_onnx(path: str | Path, limits: OnnxLimits = DEFAULT_LIMITS) -> LoadedModel:
+    """Check, convert and wrap an ONNX file; raises InvalidModelError for anything unusable."""
+    path = Path(path)
+    original = _parse(path, limits)
+    _check_structure(original, limits)
+    _check_onnx(original)
+    input_shape = static_input_shape(original)
+    prepared = prepare_for_conversion(original)
+    module = _convert(prepared)
+    uses = parameter_uses(original, prepared)
+    params = bind_parameters(module, prepared, uses)
+    initializer_of = {id(p): initializer for initializer, p in params.items()}
+    keys = {
+        name: initializer_of[id(p)]
+        for name, p in module.named_parameters(remove_duplicate=False)
+        if id(p) in initializer_of
+    }
+    names_of = {id(p): n for n, p in module.named_parameters()}
+    param_names = {initializer: names_of[id(p)] for initializer, p in params.items()}
+    return LoadedModel(
+        format=ONNX,
+        module=module,
+        source=path,
+        input_shape=input_shape,
+        keys=keys,
+        writer=lambda _model, out: write_pruned(original, params, out),
+        finder=partial(_find, uses, param_names),
+    )
