@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from synflow.errors import InvalidModelError
+from synflow.io.limits import ArchiveLimits, GiB, MiB
 
-MiB = 1 << 20
-GiB = 1 << 30
 _CHUNK = 1 * MiB
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    max_members: int = 20_000
-    max_member_bytes: int = 8 * GiB
-    max_total_bytes: int = 16 * GiB
-    max_code_bytes: int = 16 * MiB  # all `code/` and `.debug_pkl` members together
-    #: a compressed member larger than `ratio_floor_bytes` may inflate at most this much
-    max_ratio: float = 50.0
-    ratio_floor_bytes: int = 1 * MiB
 
 
 def _is_code(name: str) -> bool:

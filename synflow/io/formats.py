@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from synflow.errors import InvalidModelError
-from synflow.io.archive import ArchiveLimits, inspect_zip
+from synflow.io.archive import inspect_zip
+from synflow.io.limits import ArchiveLimits
 
 TORCHSCRIPT = "torchscript"
 ONNX = "onnx"

@@ -5,22 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from synflow.errors import InvalidModelError
-from synflow.io.archive import ArchiveLimits
 from synflow.io.formats import ONNX, TORCHSCRIPT, detect_format
+from synflow.io.limits import InputLimits
 from synflow.model import LoadedModel
 
 
-def load_model(path: str | Path, archive_limits: ArchiveLimits | None = None) -> LoadedModel:
-    """Check the file (format by content, archive limits) and load it; never unpickles."""
-    fmt = detect_format(path, archive_limits)
+def load_model(path: str | Path, limits: InputLimits | None = None) -> LoadedModel:
+    """Check the file (format by content, size and structure limits) and load it.
+
+    Never unpickles: pickles are refused by `detect_format` before any loader runs.
+    """
+    limits = limits or InputLimits()
+    fmt = detect_format(path, limits.archive)
     if fmt == TORCHSCRIPT:
         from synflow.io.torchscript import read_torchscript
 
         return read_torchscript(path)
     if fmt == ONNX:
-        try:
-            from synflow.io.onnx import load_onnx
-        except ImportError as exc:  # pragma: no cover - ONNX support lands separately
-            raise InvalidModelError("ONNX models are not supported by this build") from exc
-        return load_onnx(path)
+        from synflow.io.onnx import load_onnx
+
+        return load_onnx(path, limits.onnx)
     raise InvalidModelError(f"unsupported model format {fmt!r}")

@@ -43,21 +43,8 @@ from torch import fx, nn
 
 from synflow.errors import InvalidModelError
 from synflow.io.formats import ONNX
+from synflow.io.limits import OnnxLimits
 from synflow.model import LoadedModel, PrunableTensor
-
-
-@dataclass(frozen=True)
-class OnnxLimits:
-    """What an uploaded ONNX file may contain; the service fills these from its settings."""
-
-    max_file_bytes: int = 1 << 30  # protobuf itself cannot exceed 2 GiB
-    max_nodes: int = 50_000
-    max_initializers: int = 50_000
-    max_elements: int = 1_000_000_000  # declared elements over all initializers
-    max_rank: int = 8
-
-
-DEFAULT_LIMITS = OnnxLimits()
 
 #: The standard operator set (onnx.checker accepts it only as ""). onnx2torch runs nothing else.
 ALLOWED_DOMAINS = frozenset({""})
@@ -519,9 +506,10 @@ def _find(
     return found
 
 
-def load_onnx(path: str | Path, limits: OnnxLimits = DEFAULT_LIMITS) -> LoadedModel:
+def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel:
     """Check, convert and wrap an ONNX file; raises InvalidModelError for anything unusable."""
     path = Path(path)
+    limits = limits or OnnxLimits()
     original = _parse(path, limits)
     _check_structure(original, limits)
     _check_onnx(original)

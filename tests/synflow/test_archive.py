@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from synflow.errors import InvalidModelError
-from synflow.io.archive import ArchiveLimits, inspect_zip
+from synflow.io.archive import inspect_zip
+from synflow.io.limits import ArchiveLimits
 from synflow.io.loader import load_model
 from tests.synflow import nets
 

@@ -16,8 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from synflow.config import PruneConfig
 from synflow.errors import InvalidInputShapeError, InvalidModelError, SynflowError
+from synflow.io.limits import OnnxLimits
 from synflow.io.loader import load_model
-from synflow.io.onnx import OnnxLimits, load_onnx
+from synflow.io.onnx import load_onnx
 from synflow.pipeline import prune_file
 
 OPSET = 17

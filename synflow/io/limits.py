@@ -1,0 +1,40 @@
+"""Bounds on what an uploaded model file may contain, checked before anything loads it.
+
+The engine's defaults are generous; the service fills tighter ones from its settings. Both sets
+live here, torch- and onnx-free, so the service can build them without importing either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int = 20_000
+    max_member_bytes: int = 8 * GiB
+    max_total_bytes: int = 16 * GiB
+    max_code_bytes: int = 16 * MiB  # all `code/` and `.debug_pkl` members together
+    #: a compressed member larger than `ratio_floor_bytes` may inflate at most this much
+    max_ratio: float = 50.0
+    ratio_floor_bytes: int = 1 * MiB
+
+
+@dataclass(frozen=True)
+class OnnxLimits:
+    """What an uploaded ONNX file may contain; the service fills these from its settings."""
+
+    max_file_bytes: int = 1 << 30  # protobuf itself cannot exceed 2 GiB
+    max_nodes: int = 50_000
+    max_initializers: int = 50_000
+    max_elements: int = 1_000_000_000  # declared elements over all initializers
+    max_rank: int = 8
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+    onnx: OnnxLimits = field(default_factory=OnnxLimits)
