@@ -29,7 +29,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_concurrency": settings.worker_concurrency,
-        "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
     }
     if settings.embedded:

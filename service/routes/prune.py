@@ -12,16 +12,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-# torch-free parts of the engine: the request model, and format detection by content
-from synflow.config import PruneConfig
-from synflow.errors import SynflowError
-from synflow.io.formats import TORCHSCRIPT, detect_format
-
 from service import lifecycle
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
 from service.problems import ProblemError, invalid_request
 from service.schemas import JobOut, JobRecord, utcnow
 from service.uploads import MODEL_PART, receive_prune_form
+
+# torch-free parts of the engine: the request model, and format detection by content
+from synflow.config import PruneConfig
+from synflow.errors import SynflowError
+from synflow.io.formats import TORCHSCRIPT, detect_format
 
 log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
