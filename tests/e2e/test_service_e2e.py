@@ -4,6 +4,7 @@ Redis broker and job store with a separate `celery worker`). One service per mod
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tests.service.harness import (
 pytestmark = pytest.mark.slow
 
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
+MAX_UPLOAD = 1_000_000
 LONG = {"sparsity": 0.99, "iterations": 10000}  # tens of seconds on this tiny model
 
 
@@ -43,7 +45,10 @@ class Service:
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def service(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"svc-{request.param}")
-    settings = {"api_keys": "{" + ",".join(f'"{t}":"{hash_key(k)}"' for t, k in KEYS.items()) + "}"}
+    settings = {
+        "api_keys": json.dumps({tenant: hash_key(key) for tenant, key in KEYS.items()}),
+        "max_upload_bytes": str(MAX_UPLOAD),
+    }
     if request.param == "redis":
         settings.update(redis_settings())
     env = base_env(tmp / "data", **settings)
@@ -163,3 +168,26 @@ def test_delete_running_job(service, model_file):
         # the worker is free again: a new job runs to the end
         quick = submit(client, model_file, sparsity=0.5, iterations=5).json()
         assert wait_status(client, quick["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_upload_is_413_over_http(service, chunked):
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="m.pt"\r\n\r\n'
+    ).encode()
+    chunks = [
+        head,
+        *([b"\0" * 65536] * (4 * MAX_UPLOAD // 65536)),
+        f"\r\n--{boundary}--\r\n".encode(),
+    ]
+    body = iter(chunks) if chunked else b"".join(chunks)
+    with service.client() as client:
+        response = client.post(
+            "/prune",
+            content=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert response.status_code == 413, response.text
+    assert response.json()["type"] == "urn:synflow:problem:upload_too_large"
+    assert not list((service.data_dir / "artifacts" / "uploads").iterdir())
