@@ -15,13 +15,28 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from service.schemas import JobProgress, JobRecord, utcnow
-from service.stores import JobStore
+from service.stores import Change, JobStore
 
 
 def problem(code: str, title: str, detail: str, status: int = 422) -> dict[str, Any]:
     """A problem object (RFC 9457) stored as a failed job's `error`."""
     return {"type": f"urn:synflow:problem:{code}", "title": title, "status": status,
             "detail": detail, "code": code}  # fmt: skip
+
+
+def _transition(store: JobStore, job_id: str, change: Change) -> JobRecord | None:
+    """Apply `change`; returns the new record, or None if the change did not apply."""
+    changed: list[JobRecord] = []
+
+    def apply(r: JobRecord) -> JobRecord | None:
+        changed.clear()  # a retried transaction starts afresh
+        new = change(r)
+        if new is not None:
+            changed.append(new)
+        return new
+
+    store.update(job_id, apply)
+    return changed[0] if changed else None
 
 
 def stale(record: JobRecord, timeout: float, now: datetime) -> bool:
@@ -48,10 +63,7 @@ def claim(
     """Take the job for this worker. None: nothing to run (gone, finished, canceled, or running
     under a live worker, i.e. this message is a duplicate)."""
 
-    claimed: list[JobRecord] = []
-
     def change(r: JobRecord) -> JobRecord | None:
-        claimed.clear()  # a retried transaction starts afresh
         now = utcnow()
         if r.terminal or (r.status == "running" and not stale(r, heartbeat_timeout, now)):
             return None
@@ -72,7 +84,7 @@ def claim(
                     ),
                 }
             )
-        new = r.model_copy(
+        return r.model_copy(
             update={
                 "status": "running",
                 "started_at": now,
@@ -82,11 +94,9 @@ def claim(
                 "heartbeat_at": now,
             }
         )
-        claimed.append(new)
-        return new
 
-    store.update(job_id, change)
-    return claimed[0] if claimed else None
+    record = _transition(store, job_id, change)
+    return record if record is not None and record.status == "running" else None
 
 
 def _owned(r: JobRecord, run_id: str) -> bool:
@@ -104,7 +114,7 @@ def heartbeat(
             update["progress"] = progress
         return r.model_copy(update=update)
 
-    return store.update(job_id, change)
+    return _transition(store, job_id, change)
 
 
 def finish(
@@ -118,10 +128,8 @@ def finish(
     progress: JobProgress | None = None,
 ) -> JobRecord | None:
     """Record the outcome; returns None when this run no longer owns the job."""
-    done: list[JobRecord] = []
 
     def change(r: JobRecord) -> JobRecord | None:
-        done.clear()
         if not _owned(r, run_id):
             return None
         update: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
@@ -129,24 +137,17 @@ def finish(
             update["result"] = result
         if progress is not None:
             update["progress"] = progress
-        new = r.model_copy(update=update)
-        done.append(new)
-        return new
+        return r.model_copy(update=update)
 
-    store.update(job_id, change)
-    return done[0] if done else None
+    return _transition(store, job_id, change)
 
 
 def requeue_if_stale(store: JobStore, job_id: str, heartbeat_timeout: float) -> bool:
     """Put a running job whose worker went silent back to `queued`; True if it was."""
-    moved: list[bool] = []
 
     def change(r: JobRecord) -> JobRecord | None:
-        moved.clear()
         if r.status != "running" or not stale(r, heartbeat_timeout, utcnow()):
             return None
-        moved.append(True)
         return r.model_copy(update={"status": "queued", "run_id": None, "worker": None})
 
-    store.update(job_id, change)
-    return bool(moved)
+    return _transition(store, job_id, change) is not None
