@@ -83,8 +83,10 @@ def test_engine_errors_fail_the_job_with_the_engines_message(tmp_path, model_fil
     bad = ctx.artifacts.input_path(job_id)
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"\x80\x04not a model")  # a pickle: refused by the engine, never loaded
-    ctx.jobs.create(JobRecord(id=job_id, tenant="t", config=PruneConfig(sparsity=0.5,
-        input_shape=(1, 3, 16, 16)).normalized(), input_format="torchscript", input_bytes=1))  # fmt: skip
+    config = PruneConfig(sparsity=0.5, input_shape=(1, 3, 16, 16)).normalized()
+    record = JobRecord(id=job_id, tenant="t", config=config, input_format="torchscript",
+                       input_bytes=1)  # fmt: skip
+    ctx.jobs.create(record)
     assert execute(job_id, ctx) == "failed"
     error = ctx.jobs.get(job_id).error
     assert error["code"] == "invalid_model" and "pickle" in error["detail"]
@@ -93,7 +95,8 @@ def test_engine_errors_fail_the_job_with_the_engines_message(tmp_path, model_fil
     ctx.jobs.update(wrong_shape, lambda r: r.model_copy(
         update={"config": {**r.config, "input_shape": [1, 5, 16, 16]}}))  # fmt: skip
     assert execute(wrong_shape, ctx) == "failed"
-    assert ctx.jobs.get(wrong_shape).error["detail"]
+    error = ctx.jobs.get(wrong_shape).error
+    assert error["code"] == "invalid_input_shape" and "[1, 5, 16, 16]" in error["detail"]
 
 
 def test_time_limit_stops_the_child(tmp_path, model_file):
