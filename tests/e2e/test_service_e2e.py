@@ -5,6 +5,9 @@ Redis broker and job store with a separate `celery worker`). One service per mod
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 from service.settings import hash_key
 from tests.e2e.checks import check_artifacts, download_all
 from tests.service.harness import (
+    REPO_ROOT,
     base_env,
     client_for,
     drop_redis_keys,
@@ -191,3 +195,37 @@ def test_oversized_upload_is_413_over_http(service, chunked):
     assert response.status_code == 413, response.text
     assert response.json()["type"] == "urn:synflow:problem:upload_too_large"
     assert not list((service.data_dir / "artifacts" / "uploads").iterdir())
+
+
+def run_cli(service, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SYNFLOW_API_KEY": KEYS["alice"]}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args, "--url", service.url],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_remote_cli(service, model_file, tmp_path):
+    bad = run_cli(service, "submit", str(model_file), "--sparsity", "2")
+    assert bad.returncode == 2 and "sparsity" in bad.stderr  # refused before any upload
+
+    flags = ["--sparsity", "0.5", "--iterations", "3", "--input-shape", "1,3,16,16"]
+    flags += ["--exclude", "0.*", "--wait", "--interval", "0.2"]
+    done = run_cli(service, "submit", str(model_file), *flags)
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["config"]["exclude"] == ["0.*"]
+
+    status = run_cli(service, "status", job["id"])
+    assert json.loads(status.stdout)["result"] == job["result"]
+    listing = run_cli(service, "jobs", "--limit", "1")
+    assert listing.stdout.startswith(f"{job['id']}  succeeded")
+
+    out = tmp_path / "pruned"
+    assert run_cli(service, "download", job["id"], "--out", str(out)).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "masks.safetensors", "model.pt", "report.json", "weights.safetensors"]  # fmt: skip
+
+    assert run_cli(service, "delete", job["id"]).returncode == 0
+    gone = run_cli(service, "cancel", job["id"])
+    assert gone.returncode == 1 and "HTTP 404" in gone.stderr
