@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
 from service import lifecycle
 from service.deps import (
@@ -32,7 +32,7 @@ def list_jobs(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, description="page size")] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
-) -> JobPage:
+) -> Response:
     limit = min(limit, settings.page_size_max)
     before = None
     if cursor:
@@ -49,24 +49,29 @@ def list_jobs(
     links = {"self": f"/jobs?limit={limit}" + (f"&cursor={cursor}" if cursor else "")}
     if next_cursor:
         links["next"] = f"/jobs?limit={limit}&cursor={next_cursor}"
-    return JobPage(items=[JobOut.of(r) for r in records], next_cursor=next_cursor, links=links)
+    return json_response(
+        JobPage(items=[JobOut.of(r) for r in records], next_cursor=next_cursor, links=links)
+    )
+
+
+def json_response(model: JobOut | JobPage, status_code: int = 200) -> Response:
+    """Serialise once, in pydantic-core (polled often: skips FastAPI's re-validation)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job's status and result")
-def get_job(job: OwnedJob) -> JobOut:
-    return JobOut.of(job)
+def get_job(job: OwnedJob) -> Response:
+    return json_response(JobOut.of(job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")
-def cancel_job(job: OwnedJob, jobs: JobStoreDep) -> JSONResponse:
+def cancel_job(job: OwnedJob, jobs: JobStoreDep) -> Response:
     """202 while a running job is being stopped; 200 once the job is final (a finished job is
     left as it is)."""
     record = lifecycle.request_cancel(jobs, job.id)
     if record is None:
         raise not_found(job.id)
-    return JSONResponse(
-        JobOut.of(record).model_dump(mode="json"), status_code=200 if record.terminal else 202
-    )
+    return json_response(JobOut.of(record), 200 if record.terminal else 202)
 
 
 @router.delete("/{job_id}", status_code=204, summary="Cancel if needed, then delete job and files")
