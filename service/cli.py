@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,34 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait()
 
 
+class EmbeddedWorker:
+    """The embedded worker child, restarted if it dies while the API runs (a killed worker's
+    job is requeued by the next one, see worker/recovery.py)."""
+
+    RESTART_DELAY = 2.0
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proc = start_embedded_worker(settings)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            code = self.proc.poll()
+            if code is not None and not self._stop.is_set():
+                print(f"synflow serve: the worker exited ({code}); restarting it", file=sys.stderr)
+                self._stop.wait(self.RESTART_DELAY)
+                if not self._stop.is_set():
+                    self.proc = start_embedded_worker(self.settings)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        stop_process(self.proc)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -73,17 +102,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
     settings = Settings(**overrides)
-    worker = start_embedded_worker(settings) if settings.embedded else None
+    app = create_app(settings)  # fails here, before any worker starts, on a bad setting
+    worker = EmbeddedWorker(settings) if settings.embedded else None
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-        )
+        level = settings.log_level.lower()
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=level)
     finally:
         if worker is not None:
-            stop_process(worker)
+            worker.stop()
     return 0
 
 

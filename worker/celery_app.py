@@ -5,12 +5,17 @@ worker was lost."""
 from __future__ import annotations
 
 import logging
+import os
 
 from celery.signals import worker_ready
 
 from service.queue import make_celery
 from service.settings import Settings
 from worker.context import WorkerContext
+from worker.lifeline import PARENT_PID_ENV, die_with_parent
+
+if PARENT_PID_ENV in os.environ:  # the embedded worker of `synflow serve`
+    die_with_parent(int(os.environ[PARENT_PID_ENV]))
 
 settings = Settings()
 app = make_celery(settings, main="worker")

@@ -8,17 +8,16 @@ once, last). It dies with its parent (PR_SET_PDEATHSIG) so a killed worker leave
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
+from worker.lifeline import die_with_parent
+
 PROGRESS_FILE = "progress.json"
 OUTCOME_FILE = "outcome.json"
 MIN_PROGRESS_SECONDS = 0.1  # the parent reads it every poll; more often buys nothing
@@ -28,14 +27,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def resolve_device(name: str) -> str:
