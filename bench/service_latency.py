@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import tempfile
@@ -43,6 +44,17 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def server_seconds(metrics: str, route: str) -> float:
+    """Mean server-side duration of GET `route` from the API's own Prometheus histogram."""
+    values = {}
+    for line in metrics.splitlines():
+        for kind in ("sum", "count"):
+            prefix = f"synflow_http_request_duration_seconds_{kind}{{"
+            if line.startswith(prefix) and f'route="{route}"' in line and 'method="GET"' in line:
+                values[kind] = float(line.rsplit(" ", 1)[1])
+    return values["sum"] / values["count"]
+
+
 def queue_latency(url: str, model: Path, jobs: int) -> list[float]:
     out = []
     with client_for(url) as client:
@@ -55,23 +67,43 @@ def queue_latency(url: str, model: Path, jobs: int) -> list[float]:
     return out
 
 
-async def poll_latency(url: str, job_id: str, pollers: int, requests: int) -> list[float]:
+async def poll_latency(
+    url: str, job_id: str, pollers: int, requests: int, interval: float
+) -> list[float]:
     limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
     latencies: list[float] = []
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
 
         async def poller() -> None:
+            if interval:  # real clients are not in step with each other
+                await asyncio.sleep(random.uniform(0, interval))
             for _ in range(requests):
                 t = time.perf_counter()
                 response = await client.get(f"/jobs/{job_id}")
                 latencies.append(time.perf_counter() - t)
                 assert response.status_code == 200
+                if interval:
+                    await asyncio.sleep(interval)
 
         started = time.perf_counter()
         await asyncio.gather(*(poller() for _ in range(pollers)))
         wall = time.perf_counter() - started
     print(f"    {len(latencies)} polls in {wall:.1f} s = {len(latencies) / wall:.0f}/s")
     return latencies
+
+
+def report_polls(what: str, url: str, job_id: str, args, interval: float = 0.0) -> None:
+    """Closed loop (interval 0: each poller sends its next poll as soon as it has the answer,
+    i.e. saturation) or paced (each poller polls every `interval` seconds, like real clients)."""
+    lat = asyncio.run(poll_latency(url, job_id, args.pollers, args.requests, interval))
+    what += f", each poller every {interval:g} s" if interval else ", closed loop"
+    with client_for(url) as client:
+        server = server_seconds(client.get("/metrics").text, "/jobs/{job_id}")
+    p50, p95, p99 = (pct(lat, q) * 1000 for q in (0.5, 0.95, 0.99))
+    print(
+        f"    status polls, {args.pollers} concurrent pollers ({what}): p50 {p50:.1f} ms, "
+        f"p95 {p95:.1f} ms, p99 {p99:.1f} ms; mean time in the API so far {server * 1000:.1f} ms"
+    )
 
 
 def run_mode(mode: str, args, tmp: Path) -> None:
@@ -90,16 +122,13 @@ def run_mode(mode: str, args, tmp: Path) -> None:
         print(f"    queue latency submit->running, {len(lat)} jobs: median {median:.0f} ms, "
               f"max {worst:.0f} ms")  # fmt: skip
         with client_for(url) as client:
+            finished = client.get("/jobs", params={"limit": 1}).json()["items"][0]["id"]
+            report_polls("idle worker, finished job", url, finished, args)
             job = submit(client, model, sparsity=0.99, iterations=10000).json()
             running_with_progress(client, job["id"])
-            lat = asyncio.run(poll_latency(url, job["id"], args.pollers, args.requests))
-            progress = client.get(f"/jobs/{job['id']}").json()["progress"]
+            report_polls("worker pruning, running job", url, job["id"], args)
+            report_polls("worker pruning, running job", url, job["id"], args, interval=0.5)
             client.post(f"/jobs/{job['id']}/cancel")
-        p50, p95, p99 = (pct(lat, q) * 1000 for q in (0.5, 0.95, 0.99))
-        print(
-            f"    status polls, {args.pollers} concurrent pollers: p50 {p50:.1f} ms, "
-            f"p95 {p95:.1f} ms, p99 {p99:.1f} ms (job at round {progress['iteration']})"
-        )
     finally:
         for proc in procs:
             proc.stop()
@@ -111,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5)
     parser.add_argument("--pollers", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=40, help="polls per poller")
+    parser.add_argument("--requests", type=int, default=20, help="polls per poller")
     parser.add_argument("--modes", nargs="+", default=["embedded", "redis"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,8 @@
 """Shared request dependencies as `Annotated` aliases: the settings, the stores, the queue, and
-the caller's tenant (from `Authorization: Bearer <key>`)."""
+the caller's tenant (from `Authorization: Bearer <key>`).
+
+Dependencies that do no I/O are `async` so that FastAPI does not hop to a worker thread for
+each of them; the one that reads the job store is sync and runs in the threadpool."""
 
 from __future__ import annotations
 
@@ -19,19 +22,19 @@ from service.stores.artifacts import ArtifactStore
 DEFAULT_TENANT = "default"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_job_store(request: Request) -> JobStore:
+async def get_job_store(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
-def get_artifact_store(request: Request) -> ArtifactStore:
+async def get_artifact_store(request: Request) -> ArtifactStore:
     return request.app.state.artifacts
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
@@ -47,7 +50,7 @@ def _unauthorized(detail: str) -> ProblemError:
     )
 
 
-def get_tenant(request: Request, settings: SettingsDep) -> str:
+async def get_tenant(request: Request, settings: SettingsDep) -> str:
     """The tenant whose key the caller presents; with no keys configured, everyone is
     `default` (embedded development mode)."""
     if not settings.api_keys:

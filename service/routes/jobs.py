@@ -60,7 +60,7 @@ def json_response(model: JobOut | JobPage, status_code: int = 200) -> Response:
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job's status and result")
-def get_job(job: OwnedJob) -> Response:
+async def get_job(job: OwnedJob) -> Response:
     return json_response(JobOut.of(job))
 
 
