@@ -124,19 +124,20 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
             except subprocess.TimeoutExpired:
                 pass
             now = time.monotonic()
-            try:
-                current = ctx.jobs.get(record.id)
-            except Exception:
-                log.exception("job %s: cannot read its record; the child keeps running", record.id)
-                continue
-            if current is None:
-                stopped = "deleted"
-            elif current.status != "running" or current.run_id != record.run_id:
-                stopped = "lost"
-            elif current.cancel_requested:
-                stopped = "canceled"
-            elif now - started > settings.job_time_limit:
+            if now - started > settings.job_time_limit:
                 stopped = "timeout"
+            else:
+                try:
+                    current = ctx.jobs.get(record.id)
+                except Exception:
+                    log.exception("job %s: cannot read its record; child keeps running", record.id)
+                    continue
+                if current is None:
+                    stopped = "deleted"
+                elif current.status != "running" or current.run_id != record.run_id:
+                    stopped = "lost"
+                elif current.cancel_requested:
+                    stopped = "canceled"
             if stopped:
                 kill_group(proc)
                 break
@@ -245,13 +246,19 @@ def execute(job_id: str, ctx: WorkerContext) -> str | None:
     try:
         try:
             run = supervise(record, scratch, ctx)
-        except BaseException as exc:
+            return _conclude(ctx, record, run, scratch)
+        except Exception as exc:
             from celery.exceptions import SoftTimeLimitExceeded
 
             if isinstance(exc, SoftTimeLimitExceeded):
                 return _fail_timeout(ctx, record)
-            raise
-        return _conclude(ctx, record, run, scratch)
+            log.exception("job %s: the worker failed while running it", job_id)
+            error = lifecycle.problem(
+                "internal_error", "Internal error", "the worker failed while running this job; "
+                "this is a bug in the service, not in the request", status=500,
+            )  # fmt: skip
+            lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error)
+            return "failed"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -211,3 +211,38 @@ def test_health_ready_metrics(client):
     text = client.get("/metrics").text
     assert "synflow_jobs_submitted_total" in text
     assert 'synflow_http_requests_total{method="POST",route="/prune",status="422"}' in text
+
+
+@pytest.mark.parametrize(
+    ("parts", "mentions"),
+    [
+        ([("model", b"a"), ("model", b"b")], "exactly one"),
+        ([("sparsity", b"0.5"), ("sparsity", b"0.6")], "twice"),
+        ([("", b"x")], "no name"),
+        ([("sparsity", b"\xff\xfe")], "utf-8"),
+        ([("exclude", b"x" * 70_000)], "longer than"),
+    ],
+)
+def test_malformed_multipart_is_400(client, parts, mentions):
+    boundary = "xyzboundary"
+    body = b""
+    for name, value in parts:
+        disposition = f'form-data; name="{name}"' if name else "form-data"
+        if name == "model":
+            disposition += '; filename="m.pt"'
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        body += value + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    response = client.post(
+        "/prune", content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )  # fmt: skip
+    assert_problem(response, 400, "malformed_form", mentions)
+
+
+def test_truncated_body_is_400(client):
+    response = client.post(
+        "/prune", content=b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nabc",
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )  # fmt: skip
+    assert 400 <= response.status_code < 500, response.text
