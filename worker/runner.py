@@ -13,8 +13,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -22,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from service import lifecycle
 from service.schemas import JobProgress, JobRecord
@@ -38,6 +42,10 @@ CHILD_ENV_PASSTHROUGH = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS",
 )  # fmt: skip
 MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_CONTROL_FILE = 1 << 20  # progress.json, outcome.json
+MAX_REPORT = 64 << 20
+MAX_MESSAGE = 2000
+CODE = re.compile(r"[a-z_]{1,64}")  # an error code from the child, as the engine names them
 
 
 class InvalidOutput(Exception):
@@ -47,6 +55,7 @@ class InvalidOutput(Exception):
 @dataclass
 class ChildRun:
     returncode: int | None
+    exit: str  # how the child ended, in words
     stopped: str | None  # canceled | deleted | lost | timeout, or None if it ended by itself
     outcome: dict[str, Any] | None
     progress: JobProgress | None
@@ -64,10 +73,48 @@ def child_env(scratch: Path) -> dict[str, str]:
     return env
 
 
-def launch_child(spec_path: Path, scratch: Path) -> subprocess.Popen:
+class ChildProcess:
+    """The child as the runner uses it: `poll`, `wait(timeout)`, `kill` (the whole process
+    group), `returncode`, `describe_exit`. The same surface as `worker.sandbox`'s process, so
+    that sandboxing the child changes `launch_child` only."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self._popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._popen.pid, signal.SIGKILL)
+        self._popen.wait()
+
+    def describe_exit(self) -> str:
+        code = self._popen.returncode
+        if code is None:
+            return "still running"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (most often: out of memory)" if -code == signal.SIGKILL else ""
+            return f"killed by {name}{hint}"
+        return f"exited with status {code}"
+
+
+def launch_child(spec_path: Path, scratch: Path) -> ChildProcess:
     """The one place the child process starts."""
     with (scratch / "child.log").open("wb") as log_file:
-        return subprocess.Popen(
+        popen = subprocess.Popen(
             [sys.executable, "-m", "worker.child", str(spec_path)],
             cwd=scratch,
             env=child_env(scratch),
@@ -77,24 +124,34 @@ def launch_child(spec_path: Path, scratch: Path) -> subprocess.Popen:
             start_new_session=True,  # its own process group: killed as a whole
             close_fds=True,
         )
+    return ChildProcess(popen)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path, max_bytes: int = MAX_CONTROL_FILE) -> dict[str, Any] | None:
+    """A small JSON file the child wrote: never through a link, never more than `max_bytes`."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_progress(scratch: Path) -> JobProgress | None:
     data = read_json(scratch / PROGRESS_FILE)
-    return JobProgress.model_validate(data) if data else None
+    try:
+        return JobProgress.model_validate(data) if data else None
+    except ValidationError:
+        return None
 
 
 def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
@@ -139,7 +196,7 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
                 elif current.cancel_requested:
                     stopped = "canceled"
             if stopped:
-                kill_group(proc)
+                proc.kill()
                 break
             progress = read_progress(scratch)
             changed = progress is not None and progress != sent
@@ -152,10 +209,11 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
                 except Exception:
                     log.exception("job %s: cannot write progress", record.id)
     except BaseException:  # e.g. Celery's soft time limit, or the worker shutting down
-        kill_group(proc)
+        proc.kill()
         raise
     return ChildRun(
         returncode=proc.returncode,
+        exit=proc.describe_exit(),
         stopped=stopped,
         outcome=read_json(scratch / OUTCOME_FILE),
         progress=read_progress(scratch),
@@ -180,10 +238,13 @@ def check_artifacts(out: Path, fmt: str) -> tuple[list[str], dict[str, Any]]:
     """The artifact files, after checking they are complete and agree with each other."""
     files = [*ARTIFACT_FILES.values(), model_file(fmt)]
     for name in files:
-        path = out / name
-        if not path.is_file() or path.stat().st_size == 0:
-            raise InvalidOutput(f"the pruning process did not write {name}")
-    report = read_json(out / ARTIFACT_FILES["report"])
+        try:
+            info = os.lstat(out / name)
+        except FileNotFoundError:
+            raise InvalidOutput(f"the pruning process did not write {name}") from None
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:  # a link could point anywhere
+            raise InvalidOutput(f"{name} is not a regular, non-empty file")
+    report = read_json(out / ARTIFACT_FILES["report"], MAX_REPORT)
     if report is None or "layers" not in report:
         raise InvalidOutput("report.json is not a valid report")
     masks = safetensors_header(out / ARTIFACT_FILES["masks"])
@@ -220,14 +281,11 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def crash_problem(run: ChildRun) -> dict[str, Any]:
-    code = run.returncode
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        hint = " (most often: out of memory)" if -code == signal.SIGKILL else ""
-        detail = f"the pruning process was killed by {name}{hint}; the model may be too large "
-        detail += "for this worker, or it crashed the runtime"
+    if run.returncode is not None and run.returncode < 0:
+        detail = f"the pruning process was {run.exit}; the model may be too large for this "
+        detail += "worker, or it crashed the runtime"
     else:
-        detail = f"the pruning process exited with status {code} without reporting a result"
+        detail = f"the pruning process {run.exit} without reporting a result"
     return lifecycle.problem("worker_crash", "Pruning process crashed", detail, status=500)
 
 
@@ -293,10 +351,13 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
         log.error("job %s: child ended with %s; log tail:\n%s", job_id, run.returncode, tail)
         lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=crash_problem(run))
         return "failed"
-    if not outcome.get("ok"):
-        error = lifecycle.problem(
-            outcome.get("code", "engine_error"), "Pruning failed", outcome.get("message", "")
-        )
+    if outcome.get("ok") is not True:
+        code, message = outcome.get("code"), outcome.get("message")
+        if not isinstance(code, str) or not CODE.fullmatch(code):
+            code = "engine_error"
+        if not isinstance(message, str) or not message:
+            message = "pruning failed without a message"
+        error = lifecycle.problem(code, "Pruning failed", message[:MAX_MESSAGE])
         lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error, progress=run.progress)
         return "failed"
     try:

@@ -18,7 +18,14 @@ from service.settings import Settings
 from synflow.config import PruneConfig
 from tests.service.harness import small_cnn, wait_until, write_model
 from worker.context import WorkerContext
-from worker.runner import InvalidOutput, check_artifacts, child_env, execute
+from worker.runner import (
+    InvalidOutput,
+    check_artifacts,
+    child_env,
+    execute,
+    read_json,
+    read_progress,
+)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +141,18 @@ def test_inconsistent_outputs_are_refused(tmp_path):
         (out / name).write_bytes(b"x")
     with pytest.raises(InvalidOutput, match="report"):
         check_artifacts(out, "torchscript")
+    (out / "model.pt").unlink()
+    (out / "model.pt").symlink_to("/etc/passwd")  # would publish a file of the worker's
+    with pytest.raises(InvalidOutput, match="regular"):
+        check_artifacts(out, "torchscript")
+
+
+def test_control_files_are_not_followed_through_links(tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"ok": true}')
+    (tmp_path / "outcome.json").symlink_to(secret)
+    assert read_json(tmp_path / "outcome.json") is None
+    (tmp_path / "big.json").write_text('{"a": "' + "x" * (2 << 20) + '"}')
+    assert read_json(tmp_path / "big.json") is None
+    (tmp_path / "progress.json").write_text('{"iteration": "many"}')
+    assert read_progress(tmp_path) is None
