@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.jobs = open_job_store(settings)
     app.state.artifacts = ArtifactStore(settings.artifacts_path)
+    app.state.artifacts.remove_stale_uploads()
     app.state.queue = JobQueue(settings)
     app.state.metrics = Metrics()
     problems.install(app)

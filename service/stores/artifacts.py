@@ -10,8 +10,10 @@ Layout, derived only from server-generated job ids (never from client-supplied n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -83,6 +85,17 @@ class ArtifactStore:
     def delete(self, job_id: str) -> None:
         self.upload_path(job_id).unlink(missing_ok=True)
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def remove_stale_uploads(self, older_than: float = 24 * 3600.0) -> int:
+        """Delete partial uploads left by an API process that was killed mid-request."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for partial in (self.root / "uploads").glob("*.partial"):
+            with contextlib.suppress(FileNotFoundError):
+                if partial.stat().st_mtime < cutoff:
+                    partial.unlink()
+                    removed += 1
+        return removed
 
     def ping(self) -> None:
         probe = self.root / "uploads" / f".ready-{uuid.uuid4().hex}"

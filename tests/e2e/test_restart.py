@@ -18,6 +18,7 @@ from tests.service.harness import (
     start_worker,
     submit,
     wait_status,
+    wait_until,
     write_model,
 )
 
@@ -59,6 +60,8 @@ def test_restart_api_and_worker_loses_no_job(mode, tmp_path):
             check_artifacts(download_all(client, job, tmp_path / "out"), small_cnn(), job)
             first = client.get(f"/jobs/{running['id']}").json()
             assert first["progress"]["iteration"] == 1500
+        scratch = tmp_path / "data" / "scratch"  # the killed run's folder is swept away
+        wait_until(lambda: not list(scratch.iterdir()), 15, "orphan scratch folder left")
         worker_log = procs[-1].log()  # embedded: the worker writes into the serve log
         assert f"job {running['id']}: its worker" in worker_log and "requeued" in worker_log
     finally:
