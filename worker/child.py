@@ -86,7 +86,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
-    die_with_parent(spec["parent_pid"])
+    if spec.get("parent_pid"):  # none inside a pid namespace, where the sandbox's init reaps
+        die_with_parent(spec["parent_pid"])
     outcome = run(spec)
     write_json(Path(spec["scratch"]) / OUTCOME_FILE, outcome)
     return 0 if outcome["ok"] else 1
