@@ -1,0 +1,46 @@
+"""The FastAPI application factory: `create_app(settings)`; `service.app:app` for uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from service import problems
+from service.metrics import Metrics, MetricsMiddleware
+from service.queue import JobQueue
+from service.routes import health, jobs, prune
+from service.settings import Settings
+from service.stores import open_job_store
+from service.stores.artifacts import ArtifactStore
+from synflow import __version__
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.getLogger("service").setLevel(settings.log_level.upper())
+    app = FastAPI(
+        title="SynFlow pruning service",
+        version=__version__,
+        description="Upload a TorchScript or ONNX model, get it pruned at initialisation "
+        "(Iterative Synaptic Flow Pruning), download masks, weights, model and report.",
+    )
+    app.state.settings = settings
+    app.state.jobs = open_job_store(settings)
+    app.state.artifacts = ArtifactStore(settings.artifacts_path)
+    app.state.artifacts.remove_stale_uploads()
+    app.state.queue = JobQueue(settings)
+    app.state.metrics = Metrics()
+    problems.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(prune.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app
+
+
+def __getattr__(name: str):
+    """`uvicorn service.app:app` builds the app from the environment on first access."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

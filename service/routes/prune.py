@@ -1,0 +1,136 @@
+"""`POST /prune`: receive a model and a request, store them, queue a job (202 + Location)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service import lifecycle
+from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
+from service.problems import ProblemError, invalid_request
+from service.schemas import JobOut, JobRecord, utcnow
+from service.uploads import MODEL_PART, receive_prune_form
+
+# torch-free parts of the engine: the request model, and format detection by content
+from synflow.config import PruneConfig
+from synflow.errors import SynflowError
+from synflow.io.formats import TORCHSCRIPT, detect_format
+
+log = logging.getLogger("service")
+router = APIRouter(tags=["prune"])
+
+CONFIG_PART = "config"
+
+
+def parse_config(fields: dict[str, str]) -> PruneConfig:
+    """The request from form fields, or from one JSON `config` part (not both)."""
+    data: Any = fields
+    if CONFIG_PART in fields:
+        others = sorted(set(fields) - {CONFIG_PART})
+        if others:
+            raise ProblemError(
+                422,
+                "invalid_request",
+                "Invalid prune request",
+                "give the options either as form fields or as one JSON `config` part, not "
+                f"both (also got: {', '.join(others)})",
+            )
+        try:
+            data = json.loads(fields[CONFIG_PART])
+        except json.JSONDecodeError as exc:
+            raise ProblemError(
+                422, "invalid_request", "Invalid prune request",
+                f"the `config` part is not valid JSON ({exc.msg} at position {exc.pos})",
+            ) from exc  # fmt: skip
+        if not isinstance(data, dict):
+            raise ProblemError(
+                422, "invalid_request", "Invalid prune request",
+                'the `config` part must be a JSON object, e.g. {"sparsity": 0.9}',
+            )  # fmt: skip
+    try:
+        return PruneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request(exc, "prune request") from exc
+
+
+@router.post(
+    "/prune",
+    status_code=202,
+    response_model=JobOut,
+    summary="Upload a model and queue a pruning job",
+    responses={413: {"description": "model file too large"}, 422: {"description": "bad input"}},
+)
+async def submit(
+    request: Request,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    jobs: JobStoreDep,
+    artifacts: ArtifactStoreDep,
+    queue: QueueDep,
+) -> JSONResponse:
+    job_id = str(uuid.uuid4())
+    upload = artifacts.upload_path(job_id)
+    try:
+        form = await receive_prune_form(request, upload, settings.max_upload_bytes)
+        if not form.has_model:
+            raise ProblemError(
+                422, "missing_model", "Missing model",
+                f"attach the model file as the multipart part `{MODEL_PART}` "
+                "(curl -F model=@model.pt ...)",
+            )  # fmt: skip
+        config = parse_config(form.fields)
+        try:
+            fmt = await run_in_threadpool(detect_format, upload)
+        except SynflowError as exc:
+            raise ProblemError(422, exc.code, "Invalid model", exc.message) from exc
+        if fmt == TORCHSCRIPT and config.input_shape is None:
+            raise ProblemError(
+                422, "missing_input_shape", "Missing input_shape",
+                "input_shape is required for TorchScript models (the file does not state one); "
+                "add e.g. -F input_shape=1,3,224,224 (batch first)",
+            )  # fmt: skip
+        await run_in_threadpool(artifacts.adopt_upload, job_id)
+    finally:
+        upload.unlink(missing_ok=True)
+
+    record = JobRecord(
+        id=job_id,
+        tenant=tenant,
+        config=config.normalized(),
+        input_format=fmt,
+        input_bytes=form.model_bytes,
+    )
+    record = await run_in_threadpool(jobs.create, record)
+    try:
+        await run_in_threadpool(queue.enqueue, job_id)
+    except Exception as exc:
+        log.exception("could not queue job %s", job_id)
+        failed = lifecycle.problem(
+            "queue_unavailable", "Queue unavailable", "the job could not be queued", 503
+        )
+        await run_in_threadpool(
+            jobs.update,
+            job_id,
+            lambda r: r.model_copy(
+                update={"status": "failed", "finished_at": utcnow(), "error": failed}
+            ),
+        )
+        await run_in_threadpool(artifacts.delete, job_id)
+        raise ProblemError(
+            503, "queue_unavailable", "Service unavailable",
+            "the job queue cannot be reached; try again shortly", headers={"Retry-After": "5"},
+        ) from exc  # fmt: skip
+    request.app.state.metrics.jobs_submitted.inc()
+    request.app.state.metrics.upload_bytes.inc(form.model_bytes)
+    return JSONResponse(
+        JobOut.of(record).model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/jobs/{job_id}"},
+    )

@@ -1,0 +1,49 @@
+"""Job and artifact stores, shared by the API and the worker.
+
+`JobStore` is the interface; the embedded mode uses `SqliteJobStore` (one file under the data
+dir), production uses `RedisJobStore`. Both offer one atomic read-modify-write, `update`, on
+which every status transition (service/lifecycle.py) is built, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from service.schemas import JobRecord
+from service.settings import Settings
+
+Change = Callable[[JobRecord], JobRecord | None]
+
+
+class JobStore(Protocol):
+    def create(self, record: JobRecord) -> JobRecord:
+        """Store a new record; returns it with its `seq` assigned."""
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def list(self, tenant: str, limit: int, before_seq: int | None = None) -> list[JobRecord]:
+        """The tenant's jobs with seq below `before_seq` (all if None), newest first."""
+
+    def update(self, job_id: str, change: Change) -> JobRecord | None:
+        """Atomically apply `change` to the stored record. `change` returns the new record, or
+        None to leave it as it is. Returns the record as stored afterwards (None if missing)."""
+
+    def delete(self, job_id: str) -> bool: ...
+
+    def running(self) -> list[JobRecord]:
+        """Every record in status `running` (for requeueing those whose worker was lost)."""
+
+    def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    if settings.embedded:
+        from service.stores.sqlite_jobs import SqliteJobStore
+
+        return SqliteJobStore(settings.sqlite_path)
+    from service.stores.redis_jobs import RedisJobStore
+
+    assert settings.redis_url is not None
+    return RedisJobStore(settings.redis_url, settings.redis_prefix)

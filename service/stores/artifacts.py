@@ -1,0 +1,103 @@
+"""Uploaded inputs and published artifacts, in one folder shared by the API and the workers.
+
+Layout, derived only from server-generated job ids (never from client-supplied names):
+
+    <root>/uploads/<id>.partial       an upload being received
+    <root>/jobs/<id>/input            the uploaded model
+    <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, model.pt|.onnx,
+                                      report.json; appears whole (one directory rename)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+ARTIFACT_FILES = {
+    "masks": "masks.safetensors",
+    "weights": "weights.safetensors",
+    "report": "report.json",
+}
+
+
+def model_file(fmt: str) -> str:
+    return "model.onnx" if fmt == "onnx" else "model.pt"
+
+
+def artifact_file(name: str, fmt: str) -> str:
+    return model_file(fmt) if name == "model" else ARTIFACT_FILES[name]
+
+
+def _checked(job_id: str) -> str:
+    """Refuse anything but a canonical UUID, so a path can never be steered elsewhere."""
+    if str(uuid.UUID(job_id)) != job_id:
+        raise ValueError(f"not a canonical job id: {job_id!r}")
+    return job_id
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        for sub in ("uploads", "jobs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def upload_path(self, job_id: str) -> Path:
+        return self.root / "uploads" / f"{_checked(job_id)}.partial"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / _checked(job_id)
+
+    def input_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "input"
+
+    def artifacts_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "artifacts"
+
+    def artifact_path(self, job_id: str, name: str, fmt: str) -> Path:
+        return self.artifacts_dir(job_id) / artifact_file(name, fmt)
+
+    def adopt_upload(self, job_id: str) -> Path:
+        """Move a completely received upload to its job's input."""
+        target = self.input_path(job_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.upload_path(job_id), target)
+        return target
+
+    def publish(self, job_id: str, source: Path, files: list[str]) -> Path:
+        """Copy `files` from `source` into the job's artifacts; all appear at once or none."""
+        final = self.artifacts_dir(job_id)
+        staging = final.with_name(f".artifacts-{uuid.uuid4().hex}.partial")
+        staging.mkdir(parents=True)
+        try:
+            for name in files:
+                shutil.move(source / name, staging / name)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return final
+
+    def delete(self, job_id: str) -> None:
+        self.upload_path(job_id).unlink(missing_ok=True)
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def remove_stale_uploads(self, older_than: float = 24 * 3600.0) -> int:
+        """Delete partial uploads left by an API process that was killed mid-request."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for partial in (self.root / "uploads").glob("*.partial"):
+            with contextlib.suppress(FileNotFoundError):
+                if partial.stat().st_mtime < cutoff:
+                    partial.unlink()
+                    removed += 1
+        return removed
+
+    def ping(self) -> None:
+        probe = self.root / "uploads" / f".ready-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()

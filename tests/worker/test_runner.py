@@ -1,0 +1,158 @@
+"""The worker's runner with a real child process: crashes, engine errors and time limits fail
+the job with a clear reason and leave the worker able to run the next job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from service.schemas import JobRecord
+from service.settings import Settings
+from synflow.config import PruneConfig
+from tests.service.harness import small_cnn, wait_until, write_model
+from worker.context import WorkerContext
+from worker.runner import (
+    InvalidOutput,
+    check_artifacts,
+    child_env,
+    execute,
+    read_json,
+    read_progress,
+)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory.mktemp("m") / "small.pt", small_cnn())
+
+
+def context(tmp_path: Path, **settings) -> WorkerContext:
+    return WorkerContext(Settings(data_dir=tmp_path, device="cpu", poll_interval=0.05, **settings))
+
+
+def new_job(ctx: WorkerContext, model: Path, **config) -> str:
+    job_id = str(uuid.uuid4())
+    target = ctx.artifacts.input_path(job_id)
+    target.parent.mkdir(parents=True)
+    shutil.copy(model, target)
+    cfg = PruneConfig(input_shape=(1, 3, 16, 16), **config)
+    ctx.jobs.create(JobRecord(id=job_id, tenant="t", config=cfg.normalized(),
+                              input_format="torchscript", input_bytes=1))  # fmt: skip
+    return job_id
+
+
+def child_pid(job_id: str) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"worker.child" in cmdline and job_id.encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+def test_a_crashing_child_fails_the_job_and_the_worker_carries_on(tmp_path, model_file):
+    ctx = context(tmp_path)
+    job_id = new_job(ctx, model_file, sparsity=0.9, iterations=10000)
+    outcome: list[str | None] = []
+    thread = threading.Thread(target=lambda: outcome.append(execute(job_id, ctx)))
+    thread.start()
+    pid = wait_until(lambda: child_pid(job_id), 30, "child never started")
+    wait_until(lambda: ctx.jobs.get(job_id).progress or None, 30, "no progress")
+    os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
+    thread.join(30)
+    assert outcome == ["failed"]
+    record = ctx.jobs.get(job_id)
+    assert record.error["code"] == "worker_crash"
+    assert "SIGKILL" in record.error["detail"] and "out of memory" in record.error["detail"]
+    assert not ctx.artifacts.artifacts_dir(job_id).exists()
+    assert not list(ctx.settings.scratch_path.iterdir())
+
+    after = new_job(ctx, model_file, sparsity=0.5, iterations=3)
+    assert execute(after, ctx) == "succeeded"
+    assert sorted(p.name for p in ctx.artifacts.artifacts_dir(after).iterdir()) == [
+        "masks.safetensors", "model.pt", "report.json", "weights.safetensors"]  # fmt: skip
+
+
+def test_engine_errors_fail_the_job_with_the_engines_message(tmp_path, model_file):
+    ctx = context(tmp_path)
+    job_id = str(uuid.uuid4())
+    bad = ctx.artifacts.input_path(job_id)
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x80\x04not a model")  # a pickle: refused by the engine, never loaded
+    config = PruneConfig(sparsity=0.5, input_shape=(1, 3, 16, 16)).normalized()
+    record = JobRecord(id=job_id, tenant="t", config=config, input_format="torchscript",
+                       input_bytes=1)  # fmt: skip
+    ctx.jobs.create(record)
+    assert execute(job_id, ctx) == "failed"
+    error = ctx.jobs.get(job_id).error
+    assert error["code"] == "invalid_model" and "pickle" in error["detail"]
+
+    wrong_shape = new_job(ctx, model_file, sparsity=0.5, iterations=2)
+    ctx.jobs.update(wrong_shape, lambda r: r.model_copy(
+        update={"config": {**r.config, "input_shape": [1, 5, 16, 16]}}))  # fmt: skip
+    assert execute(wrong_shape, ctx) == "failed"
+    error = ctx.jobs.get(wrong_shape).error
+    assert error["code"] == "invalid_input_shape" and "[1, 5, 16, 16]" in error["detail"]
+
+
+def test_time_limit_stops_the_child(tmp_path, model_file):
+    ctx = context(tmp_path, job_time_limit=3)
+    job_id = new_job(ctx, model_file, sparsity=0.9, iterations=10000)
+    started = time.monotonic()
+    assert execute(job_id, ctx) == "failed"
+    assert time.monotonic() - started < 15
+    assert ctx.jobs.get(job_id).error["code"] == "time_limit"
+    assert child_pid(job_id) is None
+
+
+def test_a_job_runs_once(tmp_path, model_file):
+    ctx = context(tmp_path)
+    job_id = new_job(ctx, model_file, sparsity=0.5, iterations=2)
+    assert execute(job_id, ctx) == "succeeded"
+    assert execute(job_id, ctx) is None  # a redelivered message is dropped
+    assert ctx.jobs.get(job_id).attempts == 1
+
+
+def test_child_environment_is_minimal(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNFLOW_API_KEYS", '{"x": "secret"}')
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    env = child_env(tmp_path)
+    assert not any("SECRET" in k or k.startswith("SYNFLOW_") for k in env)
+    assert env["HOME"] == env["TMPDIR"] == str(tmp_path)
+
+
+def test_inconsistent_outputs_are_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InvalidOutput, match="did not write"):
+        check_artifacts(out, "torchscript")
+    for name in ("masks.safetensors", "weights.safetensors", "model.pt", "report.json"):
+        (out / name).write_bytes(b"x")
+    with pytest.raises(InvalidOutput, match="report"):
+        check_artifacts(out, "torchscript")
+    (out / "model.pt").unlink()
+    (out / "model.pt").symlink_to("/etc/passwd")  # would publish a file of the worker's
+    with pytest.raises(InvalidOutput, match="regular"):
+        check_artifacts(out, "torchscript")
+
+
+def test_control_files_are_not_followed_through_links(tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"ok": true}')
+    (tmp_path / "outcome.json").symlink_to(secret)
+    assert read_json(tmp_path / "outcome.json") is None
+    (tmp_path / "big.json").write_text('{"a": "' + "x" * (2 << 20) + '"}')
+    assert read_json(tmp_path / "big.json") is None
+    (tmp_path / "progress.json").write_text('{"iteration": "many"}')
+    assert read_progress(tmp_path) is None

@@ -1,0 +1,32 @@
+"""`celery -A worker.celery_app worker`: the Celery app, configured from the same `Settings`
+as the API (service/queue.py), plus the prune task and the sweeper that requeues jobs whose
+worker was lost."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery.signals import worker_ready
+
+from service.queue import make_celery
+from service.settings import Settings
+from worker.context import WorkerContext
+from worker.lifeline import PARENT_PID_ENV, die_with_parent
+
+if PARENT_PID_ENV in os.environ:  # the embedded worker of `synflow serve`
+    die_with_parent(int(os.environ[PARENT_PID_ENV]))
+
+settings = Settings()
+app = make_celery(settings, main="worker")
+app.conf.include = ["worker.tasks"]
+context = WorkerContext(settings)
+
+log = logging.getLogger("worker")
+
+
+@worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    from worker.recovery import start_sweeper
+
+    start_sweeper(context)

@@ -1,0 +1,65 @@
+"""Requeue jobs whose worker was lost (killed, machine gone) while running them.
+
+A running job's worker writes a heartbeat to the record; a job silent for longer than
+`heartbeat_timeout` goes back to `queued` and is published again. Duplicate messages are
+harmless: `lifecycle.claim` lets only one run own a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+
+from service import lifecycle
+from worker.context import WorkerContext
+
+log = logging.getLogger("worker")
+
+
+def requeue_stale_jobs(ctx: WorkerContext) -> list[str]:
+    moved = []
+    for record in ctx.jobs.running():
+        if lifecycle.requeue_if_stale(ctx.jobs, record.id, ctx.settings.heartbeat_timeout):
+            ctx.queue.enqueue(record.id)
+            moved.append(record.id)
+            log.warning("job %s: its worker %s went silent; requeued", record.id, record.worker)
+    return moved
+
+
+def remove_orphan_scratch(ctx: WorkerContext) -> list[str]:
+    """Delete scratch folders (`<job id>-<run id>`) that no live run owns: left behind by a
+    killed worker. Folders of runs still in progress, here or in another worker, are kept."""
+    removed = []
+    root = ctx.settings.scratch_path
+    if not root.is_dir():
+        return removed
+    for folder in root.iterdir():
+        job_id, _, run_id = folder.name.rpartition("-")
+        record = ctx.jobs.get(job_id) if len(job_id) == 36 else None
+        if record is not None and record.status == "running" and record.run_id == run_id:
+            continue
+        if time.time() - folder.stat().st_mtime < ctx.settings.heartbeat_timeout:
+            continue  # written to lately: leave it until it has been silent as long as a job
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed
+
+
+def start_sweeper(ctx: WorkerContext) -> threading.Thread:
+    interval = max(ctx.settings.heartbeat_timeout / 2, 0.5)
+
+    def loop() -> None:
+        while True:
+            try:
+                requeue_stale_jobs(ctx)
+                remove_orphan_scratch(ctx)
+            except Exception:
+                log.exception("sweeping for lost jobs failed; retrying")
+            stop.wait(interval)
+
+    stop = threading.Event()
+    thread = threading.Thread(target=loop, name="synflow-sweeper", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,384 @@
+"""Run one job: claim it, start the child, watch it, publish its artifacts, record the outcome.
+
+The parent never loads a model. It polls the child and the job record every `poll_interval`:
+a cancel request, a deleted job, a lost claim or the time limit kill the child's process group
+at once. Progress goes to the record at most every `progress_interval` (and a heartbeat at
+least every quarter of `heartbeat_timeout`). A child that crashes (segfault, OOM kill) fails its
+job with the reason; the worker carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service import lifecycle
+from service.schemas import JobProgress, JobRecord
+from service.stores.artifacts import ARTIFACT_FILES, model_file
+from worker.child import OUTCOME_FILE, PROGRESS_FILE
+from worker.context import WorkerContext
+
+log = logging.getLogger("worker")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: variables the child inherits; everything else in the worker's environment stays behind
+CHILD_ENV_PASSTHROUGH = (
+    "PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+)  # fmt: skip
+MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_CONTROL_FILE = 1 << 20  # progress.json, outcome.json
+MAX_REPORT = 64 << 20
+MAX_MESSAGE = 2000
+CODE = re.compile(r"[a-z_]{1,64}")  # an error code from the child, as the engine names them
+
+
+class InvalidOutput(Exception):
+    pass
+
+
+@dataclass
+class ChildRun:
+    returncode: int | None
+    exit: str  # how the child ended, in words
+    stopped: str | None  # canceled | deleted | lost | timeout, or None if it ended by itself
+    outcome: dict[str, Any] | None
+    progress: JobProgress | None
+
+
+def child_env(scratch: Path) -> dict[str, str]:
+    env = {k: os.environ[k] for k in CHILD_ENV_PASSTHROUGH if k in os.environ}
+    env.update(
+        PYTHONPATH=str(REPO_ROOT),
+        HOME=str(scratch),
+        TMPDIR=str(scratch),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class ChildProcess:
+    """The child as the runner uses it: `poll`, `wait(timeout)`, `kill` (the whole process
+    group), `returncode`, `describe_exit`. The same surface as `worker.sandbox`'s process, so
+    that sandboxing the child changes `launch_child` only."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self._popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._popen.pid, signal.SIGKILL)
+        self._popen.wait()
+
+    def describe_exit(self) -> str:
+        code = self._popen.returncode
+        if code is None:
+            return "still running"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (most often: out of memory)" if -code == signal.SIGKILL else ""
+            return f"killed by {name}{hint}"
+        return f"exited with status {code}"
+
+
+def launch_child(spec_path: Path, scratch: Path) -> ChildProcess:
+    """The one place the child process starts."""
+    with (scratch / "child.log").open("wb") as log_file:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "worker.child", str(spec_path)],
+            cwd=scratch,
+            env=child_env(scratch),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed as a whole
+            close_fds=True,
+        )
+    return ChildProcess(popen)
+
+
+def read_json(path: Path, max_bytes: int = MAX_CONTROL_FILE) -> dict[str, Any] | None:
+    """A small JSON file the child wrote: never through a link, never more than `max_bytes`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_progress(scratch: Path) -> JobProgress | None:
+    data = read_json(scratch / PROGRESS_FILE)
+    try:
+        return JobProgress.model_validate(data) if data else None
+    except ValidationError:
+        return None
+
+
+def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
+    settings = ctx.settings
+    spec = {
+        "job_id": record.id,
+        "input": str(ctx.artifacts.input_path(record.id)),
+        "out": str(scratch / "out"),
+        "scratch": str(scratch),
+        "config": record.config,
+        "device": settings.device,
+        "precision": settings.precision,
+        "parent_pid": os.getpid(),
+    }
+    spec_path = scratch / "job.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = launch_child(spec_path, scratch)
+    started = last_beat = time.monotonic()
+    beat_every = settings.heartbeat_timeout / 4
+    sent: JobProgress | None = None
+    stopped = None
+    try:
+        while True:
+            try:
+                proc.wait(timeout=settings.poll_interval)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if now - started > settings.job_time_limit:
+                stopped = "timeout"
+            else:
+                try:
+                    current = ctx.jobs.get(record.id)
+                except Exception:
+                    log.exception("job %s: cannot read its record; child keeps running", record.id)
+                    continue
+                if current is None:
+                    stopped = "deleted"
+                elif current.status != "running" or current.run_id != record.run_id:
+                    stopped = "lost"
+                elif current.cancel_requested:
+                    stopped = "canceled"
+            if stopped:
+                proc.kill()
+                break
+            progress = read_progress(scratch)
+            changed = progress is not None and progress != sent
+            if (changed and now - last_beat >= settings.progress_interval) or (
+                now - last_beat >= beat_every
+            ):
+                try:
+                    lifecycle.heartbeat(ctx.jobs, record.id, record.run_id or "", progress)
+                    sent, last_beat = progress, now
+                except Exception:
+                    log.exception("job %s: cannot write progress", record.id)
+    except BaseException:  # e.g. Celery's soft time limit, or the worker shutting down
+        proc.kill()
+        raise
+    return ChildRun(
+        returncode=proc.returncode,
+        exit=proc.describe_exit(),
+        stopped=stopped,
+        outcome=read_json(scratch / OUTCOME_FILE),
+        progress=read_progress(scratch),
+    )
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (read without loading any tensor)."""
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise InvalidOutput(f"{path.name} is truncated")
+        (size,) = struct.unpack("<Q", raw)
+        if size > MAX_SAFETENSORS_HEADER:
+            raise InvalidOutput(f"{path.name} has an implausible header size")
+        header = json.loads(fh.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def check_artifacts(out: Path, fmt: str) -> tuple[list[str], dict[str, Any]]:
+    """The artifact files, after checking they are complete and agree with each other."""
+    files = [*ARTIFACT_FILES.values(), model_file(fmt)]
+    for name in files:
+        try:
+            info = os.lstat(out / name)
+        except FileNotFoundError:
+            raise InvalidOutput(f"the pruning process did not write {name}") from None
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:  # a link could point anywhere
+            raise InvalidOutput(f"{name} is not a regular, non-empty file")
+    report = read_json(out / ARTIFACT_FILES["report"], MAX_REPORT)
+    if report is None or "layers" not in report:
+        raise InvalidOutput("report.json is not a valid report")
+    masks = safetensors_header(out / ARTIFACT_FILES["masks"])
+    layers = {row["name"]: row for row in report["layers"]}
+    if set(masks) != set(layers):
+        raise InvalidOutput("masks.safetensors and report.json name different tensors")
+    for name, info in masks.items():
+        if info.get("dtype") != "BOOL" or info.get("shape") != layers[name]["shape"]:
+            raise InvalidOutput(f"mask {name} has the wrong dtype or shape")
+    safetensors_header(out / ARTIFACT_FILES["weights"])
+    return files, report
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """The job's `result`: totals, FLOPs and the per-layer table of the report."""
+    totals = report["totals"]
+    return {
+        "sparsity": totals["sparsity"],
+        "density": totals["density"],
+        "prunable": totals["prunable"],
+        "kept": totals["kept"],
+        "parameters": totals["parameters"],
+        "parameters_kept": totals["parameters_kept"],
+        "flops": report.get("flops"),
+        "layers": [
+            {k: row.get(k) for k in ("name", "layer_type", "shape", "total", "kept", "density")}
+            for row in report["layers"]
+        ],
+        "warnings": report.get("warnings", []),
+        "device": report.get("device"),
+        "precision": report.get("precision"),
+        "seconds": report.get("timing", {}).get("wall_seconds"),
+    }
+
+
+def crash_problem(run: ChildRun) -> dict[str, Any]:
+    if run.returncode is not None and run.returncode < 0:
+        detail = f"the pruning process was {run.exit}; the model may be too large for this "
+        detail += "worker, or it crashed the runtime"
+    else:
+        detail = f"the pruning process {run.exit} without reporting a result"
+    return lifecycle.problem("worker_crash", "Pruning process crashed", detail, status=500)
+
+
+def execute(job_id: str, ctx: WorkerContext) -> str | None:
+    """Run the job if it is ours to run; returns its final status (None: not run here)."""
+    settings = ctx.settings
+    record = lifecycle.claim(
+        ctx.jobs, job_id, ctx.name, settings.heartbeat_timeout, settings.max_attempts
+    )
+    if record is None or record.run_id is None:
+        return None
+    run_id = record.run_id
+    log.info("job %s: started (attempt %d)", job_id, record.attempts)
+    scratch = settings.scratch_path / f"{job_id}-{run_id}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            run = supervise(record, scratch, ctx)
+            return _conclude(ctx, record, run, scratch)
+        except Exception as exc:
+            from celery.exceptions import SoftTimeLimitExceeded
+
+            if isinstance(exc, SoftTimeLimitExceeded):
+                return _fail_timeout(ctx, record)
+            log.exception("job %s: the worker failed while running it", job_id)
+            error = lifecycle.problem(
+                "internal_error", "Internal error", "the worker failed while running this job; "
+                "this is a bug in the service, not in the request", status=500,
+            )  # fmt: skip
+            lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error)
+            return "failed"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fail_timeout(ctx: WorkerContext, record: JobRecord) -> str:
+    limit = ctx.settings.job_time_limit
+    error = lifecycle.problem(
+        "time_limit",
+        "Time limit exceeded",
+        f"the job ran longer than {limit:g} s and was stopped; use fewer iterations or a "
+        "smaller input_shape",
+        status=422,
+    )
+    lifecycle.finish(ctx.jobs, record.id, record.run_id or "", "failed", error=error)
+    return "failed"
+
+
+def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Path) -> str | None:
+    job_id, run_id = record.id, record.run_id or ""
+    if run.stopped in ("deleted", "lost"):
+        log.info("job %s: stopped (%s)", job_id, run.stopped)
+        return None
+    if run.stopped == "canceled":
+        lifecycle.finish(ctx.jobs, job_id, run_id, "canceled", progress=run.progress)
+        log.info("job %s: canceled", job_id)
+        return "canceled"
+    if run.stopped == "timeout":
+        return _fail_timeout(ctx, record)
+    outcome = run.outcome
+    if outcome is None:
+        tail = (scratch / "child.log").read_text(errors="replace")[-2000:]
+        log.error("job %s: child ended with %s; log tail:\n%s", job_id, run.returncode, tail)
+        lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=crash_problem(run))
+        return "failed"
+    if outcome.get("ok") is not True:
+        code, message = outcome.get("code"), outcome.get("message")
+        if not isinstance(code, str) or not CODE.fullmatch(code):
+            code = "engine_error"
+        if not isinstance(message, str) or not message:
+            message = "pruning failed without a message"
+        error = lifecycle.problem(code, "Pruning failed", message[:MAX_MESSAGE])
+        lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error, progress=run.progress)
+        return "failed"
+    try:
+        files, report = check_artifacts(scratch / "out", record.input_format)
+    except (InvalidOutput, OSError, ValueError, KeyError) as exc:
+        error = lifecycle.problem("invalid_output", "Invalid output", str(exc), status=500)
+        lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error)
+        return "failed"
+    current = ctx.jobs.get(job_id)
+    if current is None or current.run_id != run_id:
+        return None
+    if current.cancel_requested:
+        lifecycle.finish(ctx.jobs, job_id, run_id, "canceled", progress=run.progress)
+        return "canceled"
+    ctx.artifacts.publish(job_id, scratch / "out", files)
+    done = lifecycle.finish(
+        ctx.jobs, job_id, run_id, "succeeded", result=summarize(report), progress=run.progress
+    )
+    if done is None:
+        if ctx.jobs.get(job_id) is None:  # deleted while publishing: leave nothing behind
+            ctx.artifacts.delete(job_id)
+        return None
+    log.info("job %s: succeeded", job_id)
+    return "succeeded"
