@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,6 +21,9 @@ Scope = Literal["global", "local"]
 
 MAX_ITERATIONS = 10_000
 MAX_INPUT_ELEMENTS = 1 << 28  # an all-ones input of 1 GiB in float32 is already absurd
+_SHAPE_TEXT = re.compile(
+    r"-?\d+(?:\s*[,x]\s*-?\d+|\s+-?\d+)*"
+)  # an all-ones input of 1 GiB in float32 is already absurd
 
 
 def parse_shape(value: Any) -> tuple[int, ...] | None:
@@ -34,13 +38,11 @@ def parse_shape(value: Any) -> tuple[int, ...] | None:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"input_shape {text!r} is not a JSON list of integers") from exc
         else:
-            parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
-            try:
-                value = [int(p) for p in parts]
-            except ValueError as exc:
+            if not _SHAPE_TEXT.fullmatch(text):
                 raise ValueError(
                     f"input_shape {text!r} must be integers separated by commas, e.g. 1,3,224,224"
-                ) from exc
+                )
+            value = [int(p) for p in re.split(r"[\s,x]+", text)]
     if not isinstance(value, list | tuple) or not value:
         raise ValueError("input_shape must be a non-empty list of integers, e.g. 1,3,224,224")
     if any(isinstance(v, bool) or not isinstance(v, int) for v in value):

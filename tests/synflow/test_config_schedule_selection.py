@@ -38,7 +38,9 @@ def test_parse_shape(text, shape):
     assert parse_shape(text) == shape
 
 
-@pytest.mark.parametrize("bad", ["1,0,3", "a,b", "[1, 2.5]", "[]", "[true, 2]", "1,-3"])
+@pytest.mark.parametrize(
+    "bad", ["1,0,3", "a,b", "[1, 2.5]", "[]", "[true, 2]", "1,-3", "1,3,x", "x1", "1,,3", "1;3"]
+)
 def test_parse_shape_rejects(bad):
     with pytest.raises(ValueError, match="input_shape"):
         parse_shape(bad)
