@@ -21,9 +21,8 @@ Scope = Literal["global", "local"]
 
 MAX_ITERATIONS = 10_000
 MAX_INPUT_ELEMENTS = 1 << 28  # an all-ones input of 1 GiB in float32 is already absurd
-_SHAPE_TEXT = re.compile(
-    r"-?\d+(?:\s*[,x]\s*-?\d+|\s+-?\d+)*"
-)  # an all-ones input of 1 GiB in float32 is already absurd
+#: integers (negative ones get their own message) separated by commas, "x" or spaces
+_SHAPE_TEXT = re.compile(r"-?\d+(?:\s*[,x]\s*-?\d+|\s+-?\d+)*")
 
 
 def parse_shape(value: Any) -> tuple[int, ...] | None:
