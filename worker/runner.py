@@ -4,8 +4,9 @@ The parent never loads a model: the child runs in the sandbox of `worker.sandbox
 scratch its only writable place, its own uid, rlimits; docs/sandbox.md), and everything it
 leaves in scratch is read without following links and checked before it is published. The
 parent polls the child and the job record every `poll_interval`: a cancel request, a deleted
-job, a lost claim or the time limit kill the child and everything it started at once. Progress goes to the record at most every `progress_interval` (and a heartbeat at
-least every quarter of `heartbeat_timeout`). A child that crashes (segfault, OOM kill) fails its
+job, a lost claim or the time limit kill the child and everything it started at once.
+Progress goes to the record at most every `progress_interval` (and a heartbeat at least every
+quarter of `heartbeat_timeout`). A child that crashes (segfault, OOM kill) fails its
 job with the reason; the worker carries on.
 """
 
