@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from service import lifecycle
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
 from service.problems import ProblemError, invalid_request
+from service.ratelimit import retry_after
 from service.schemas import JobOut, JobRecord, utcnow
 from service.uploads import MODEL_PART, receive_prune_form
 
@@ -65,7 +66,11 @@ def parse_config(fields: dict[str, str]) -> PruneConfig:
     status_code=202,
     response_model=JobOut,
     summary="Upload a model and queue a pruning job",
-    responses={413: {"description": "model file too large"}, 422: {"description": "bad input"}},
+    responses={
+        413: {"description": "model file too large"},
+        422: {"description": "bad input"},
+        429: {"description": "too many requests for this API key; see Retry-After"},
+    },
 )
 async def submit(
     request: Request,
@@ -75,6 +80,14 @@ async def submit(
     artifacts: ArtifactStoreDep,
     queue: QueueDep,
 ) -> JSONResponse:
+    wait = await run_in_threadpool(request.app.state.rate_limiter.take, tenant)
+    if wait > 0:
+        raise ProblemError(
+            429, "rate_limited", "Too many requests",
+            f"this API key may submit {settings.rate_limit_per_minute:g} jobs per minute "
+            f"(bursts of {settings.rate_limit_burst}); retry after {retry_after(wait)} s",
+            headers={"Retry-After": retry_after(wait)},
+        )  # fmt: skip
     job_id = str(uuid.uuid4())
     upload = artifacts.upload_path(job_id)
     try:

@@ -41,6 +41,7 @@ def base_env(data_dir: Path, **settings: str) -> dict[str, str]:
     env["SYNFLOW_DEVICE"] = "cpu"
     env["OMP_NUM_THREADS"] = "1"
     env["SYNFLOW_SANDBOX_UID_BASE"] = str(SANDBOX_UID_BASE)
+    env["SYNFLOW_RATE_LIMIT_PER_MINUTE"] = "0"  # tests that need the limit set it
     env.update({("REDIS_URL" if k == "redis_url" else f"SYNFLOW_{k.upper()}"): v
                 for k, v in settings.items()})  # fmt: skip
     return env
