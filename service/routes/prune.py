@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service import lifecycle
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
-from service.problems import ProblemError, invalid_request
+from service.problems import ProblemError, invalid_request, problem_responses
 from service.ratelimit import retry_after
 from service.schemas import JobOut, JobRecord, utcnow
 from service.uploads import MODEL_PART, receive_prune_form
@@ -28,6 +28,22 @@ log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
 
 CONFIG_PART = "config"
+
+#: the multipart body as OpenAPI describes it: the file plus the request, as form fields named
+#: like PruneConfig's fields (or one JSON part `config`); the body is read by a streaming parser,
+#: not by FastAPI, so this schema is written out here
+PRUNE_FORM_SCHEMA = {
+    "type": "object",
+    "required": [MODEL_PART],
+    "properties": {
+        MODEL_PART: {"type": "string", "format": "binary", "description": "the model file"},
+        CONFIG_PART: {"type": "string", "description": "the request as one JSON object"},
+        **{
+            name: {"type": "string", "description": field.description or name}
+            for name, field in PruneConfig.model_fields.items()
+        },
+    },
+}
 
 
 def parse_config(fields: dict[str, str]) -> PruneConfig:
@@ -66,12 +82,10 @@ def parse_config(fields: dict[str, str]) -> PruneConfig:
     status_code=202,
     response_model=JobOut,
     summary="Upload a model and queue a pruning job",
-    responses={
-        413: {"description": "model file too large"},
-        422: {"description": "bad input"},
-        429: {"description": "too many requests for this API key; see Retry-After"},
-    },
-)
+    responses=problem_responses(400, 401, 413, 415, 422, 429, 503),
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": PRUNE_FORM_SCHEMA}}}},
+)  # fmt: skip
 async def submit(
     request: Request,
     tenant: CurrentTenant,
