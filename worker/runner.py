@@ -269,6 +269,12 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def crash_problem(run: ChildRun) -> dict[str, Any]:
+    if run.exit.startswith("sandbox setup failed"):  # the host, not the job: fail closed
+        return lifecycle.problem(
+            "sandbox_unavailable", "Sandbox unavailable",
+            f"the worker could not start the job's sandbox ({run.exit}); the job was not run. "
+            "This is a problem of the service's deployment, not of the request", status=503,
+        )  # fmt: skip
     if run.returncode is not None and run.returncode < 0:
         detail = f"the pruning process was {run.exit}; the model may be too large for this "
         detail += "worker, or it crashed the runtime"

@@ -125,6 +125,17 @@ def test_a_job_runs_once(tmp_path, model_file):
     assert ctx.jobs.get(job_id).attempts == 1
 
 
+def test_a_missing_required_sandbox_layer_fails_closed(tmp_path, model_file):
+    # root needs no user namespace; a worker that is not root cannot change uid
+    missing = "user-namespace" if os.geteuid() == 0 else "uid-drop"
+    ctx = context(tmp_path, sandbox_required_layers=missing)
+    job_id = new_job(ctx, model_file, sparsity=0.5, iterations=2)
+    assert execute(job_id, ctx) == "failed"
+    error = ctx.jobs.get(job_id).error
+    assert error["code"] == "sandbox_unavailable" and missing in error["detail"]
+    assert not ctx.artifacts.artifacts_dir(job_id).exists()
+
+
 def test_sandbox_policy_comes_from_the_settings(tmp_path):
     settings = Settings(
         data_dir=tmp_path, job_time_limit=100, sandbox_uid_base=70000, sandbox_memory_bytes=1 << 30,
