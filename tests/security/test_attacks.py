@@ -271,6 +271,7 @@ def test_bad_input_fails_clearly(service, alice, tmp_path, kind):
     if "symlink" in kind:  # the upload cannot carry a link: the name is all the model has
         (tmp_path / "link.bin").symlink_to("/etc/passwd")
     result = outcome(alice, post_file(alice, path, input_shape="1,3,16,16"))
+    print(f"{kind}: {result['status']}: {result['error']['detail'][:160]}")
     assert_clear_failure(result, *words)
 
 
