@@ -6,6 +6,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# libseccomp2: the job sandbox's seccomp filter (worker/sandbox/syscall_filter.py)
+RUN apt-get update && apt-get install -y --no-install-recommends libseccomp2 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 synflow \
     && mkdir -p /data/artifacts /scratch \
     && chown -R synflow:synflow /data /scratch

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from service import problems
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import JobQueue
+from service.ratelimit import make_rate_limiter
 from service.routes import health, jobs, prune
 from service.settings import Settings
 from service.stores import open_job_store
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.artifacts = ArtifactStore(settings.artifacts_path)
     app.state.artifacts.remove_stale_uploads()
     app.state.queue = JobQueue(settings)
+    app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics = Metrics()
     problems.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

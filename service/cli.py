@@ -101,7 +101,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
 
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        messages = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        print(f"synflow serve: {messages}", file=sys.stderr)
+        return 2
     app = create_app(settings)  # fails here, before any worker starts, on a bad setting
     worker = EmbeddedWorker(settings) if settings.embedded else None
     try:

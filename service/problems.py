@@ -16,6 +16,48 @@ log = logging.getLogger("service")
 
 MEDIA_TYPE = "application/problem+json"
 
+#: what each error status means, for the OpenAPI schema
+STATUS_DESCRIPTIONS = {
+    400: "malformed request body",
+    401: "missing or invalid API key",
+    404: "no such job for this tenant",
+    409: "the job has not succeeded",
+    410: "the artifact was removed",
+    413: "model file too large",
+    415: "not multipart/form-data",
+    422: "invalid request or model",
+    429: "too many submissions for this API key; see Retry-After",
+    503: "a dependency (job store, queue) is unavailable; see Retry-After",
+}
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries: each status answers an RFC 9457 problem document."""
+    return {
+        status: {
+            "description": STATUS_DESCRIPTIONS[status],
+            "content": {MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
+
 
 class ProblemError(Exception):
     """Raise anywhere in a request to answer with a problem document."""

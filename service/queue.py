@@ -58,7 +58,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "global_keyprefix": settings.redis_prefix,
         },
         "result_backend": settings.redis_url,
-        "result_backend_transport_options": {"global_keyprefix": settings.redis_prefix},
+        "result_backend_transport_options": {
+            "global_keyprefix": settings.redis_prefix,
+            "visibility_timeout": settings.visibility_timeout,
+        },
     }
 
 

@@ -10,10 +10,12 @@ Every field is documented in the README, section "Configuration".
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SYNFLOW_"
@@ -22,6 +24,26 @@ ENV_PREFIX = "SYNFLOW_"
 def hash_key(key: str) -> str:
     """What `api_keys` stores for an API key: its SHA-256, hex (the key itself is never kept)."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+#: layer names `worker.sandbox` reports (docs/sandbox.md, "Layers")
+SANDBOX_LAYERS = frozenset(
+    {
+        "user-namespace", "net-namespace", "pid-namespace", "mount-namespace", "ipc-namespace",
+        "uts-namespace", "private-filesystem-view", "reaper-pid-namespace", "reaper-subreaper",
+        "uid-drop", "rlimits", "rlimit-nproc", "new-session", "no-new-privs", "landlock-fs",
+        "landlock-tcp", "landlock-scope", "seccomp",
+    }
+)  # fmt: skip
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -58,6 +80,16 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="tenant -> SHA-256 hex of its API key (JSON); empty = open, tenant 'default'",
     )
+    allow_anonymous: bool = Field(
+        False,
+        description="serve without API keys on a non-loopback address (refused otherwise)",
+    )
+    rate_limit_per_minute: float = Field(
+        30.0, ge=0, description="`POST /prune` requests per minute per API key (0: no limit)"
+    )
+    rate_limit_burst: int = Field(
+        10, ge=1, description="`POST /prune` requests a key may send at once before the limit"
+    )
     page_size_max: int = Field(100, ge=1, description="largest page `GET /jobs` returns")
 
     # --- worker --------------------------------------------------------------------------------
@@ -92,6 +124,56 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="log level of the API and the worker")
 
+    # --- sandbox of the pruning child (docs/sandbox.md) ----------------------------------------
+    sandbox_memory_bytes: int = Field(
+        8 << 30, gt=0, description="RLIMIT_DATA of the pruning child (heap), in bytes"
+    )
+    sandbox_cpu_seconds: int | None = Field(
+        None,
+        gt=0,
+        description="RLIMIT_CPU of the pruning child, summed over its threads (default: "
+        "JOB_TIME_LIMIT x CPU count, so that a multi-threaded job is stopped by the wall clock, "
+        "never by this)",
+    )
+    sandbox_max_processes: int = Field(
+        1024, gt=0, description="RLIMIT_NPROC of the child's uid: processes and threads"
+    )
+    sandbox_max_file_bytes: int = Field(
+        8 << 30, gt=0, description="RLIMIT_FSIZE: the largest file the child may write"
+    )
+    sandbox_max_open_files: int = Field(1024, gt=0, description="RLIMIT_NOFILE of the child")
+    sandbox_uid_base: int = Field(
+        61000,
+        ge=1000,
+        description="uid (and gid) of job slot 0 when the worker is root; slot N runs as base + N",
+    )
+    sandbox_required_layers: str = Field(
+        "",
+        description="comma-separated sandbox layers without which a job does not start, e.g. "
+        "`uid-drop,rlimits,landlock-fs,seccomp` (see `python -m worker.sandbox`)",
+    )
+
+    # --- what an uploaded model may contain, checked before it is loaded -----------------------
+    archive_max_members: int = Field(20_000, gt=0, description="files in a TorchScript zip")
+    archive_max_member_bytes: int = Field(
+        8 << 30, gt=0, description="uncompressed size of one file in a TorchScript zip"
+    )
+    archive_max_total_bytes: int = Field(
+        16 << 30, gt=0, description="uncompressed size of a whole TorchScript zip"
+    )
+    archive_max_code_bytes: int = Field(
+        16 << 20, gt=0, description="uncompressed size of a TorchScript zip's code members"
+    )
+    archive_max_ratio: float = Field(
+        50.0, gt=1, description="largest compression ratio of a zip member over 1 MiB"
+    )
+    onnx_max_nodes: int = Field(50_000, gt=0, description="nodes in an ONNX graph")
+    onnx_max_initializers: int = Field(50_000, gt=0, description="initializers in an ONNX graph")
+    onnx_max_elements: int = Field(
+        1_000_000_000, gt=0, description="declared elements over all ONNX initializers"
+    )
+    onnx_max_rank: int = Field(8, gt=0, description="largest rank of an ONNX tensor")
+
     @field_validator("api_keys")
     @classmethod
     def _hashes(cls, value: dict[str, str]) -> dict[str, str]:
@@ -102,6 +184,59 @@ class Settings(BaseSettings):
                     "(64 hex characters), not the key itself"
                 )
         return {tenant: digest.lower() for tenant, digest in value.items()}
+
+    @field_validator("sandbox_required_layers")
+    @classmethod
+    def _layer_names(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = sorted(set(names) - SANDBOX_LAYERS)
+        if unknown:
+            raise ValueError(
+                f"unknown sandbox layers {unknown}; known: {', '.join(sorted(SANDBOX_LAYERS))}"
+            )
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _no_open_network_service(self) -> Settings:
+        """Auth is required by default whenever the API listens beyond loopback."""
+        if not self.api_keys and not self.allow_anonymous and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve on {self.host} without API keys: set SYNFLOW_API_KEYS "
+                "(tenant -> sha256 of its key), or SYNFLOW_ALLOW_ANONYMOUS=true to serve "
+                "everyone as one tenant"
+            )
+        return self
+
+    @property
+    def required_layers(self) -> frozenset[str]:
+        return frozenset(n for n in self.sandbox_required_layers.split(",") if n)
+
+    @property
+    def cpu_seconds(self) -> int:
+        """RLIMIT_CPU: a backstop only. Torch burns CPU seconds on every core at once, so the
+        default allows the whole wall-clock limit on all of them."""
+        if self.sandbox_cpu_seconds is not None:
+            return self.sandbox_cpu_seconds
+        return int(self.job_time_limit * (os.cpu_count() or 1)) + 60
+
+    def input_limits(self) -> dict[str, Any]:
+        """`synflow.io.limits.InputLimits` as plain data (the job spec carries it to the child)."""
+        return {
+            "archive": {
+                "max_members": self.archive_max_members,
+                "max_member_bytes": self.archive_max_member_bytes,
+                "max_total_bytes": self.archive_max_total_bytes,
+                "max_code_bytes": self.archive_max_code_bytes,
+                "max_ratio": self.archive_max_ratio,
+            },
+            "onnx": {
+                "max_file_bytes": min(self.max_upload_bytes, 1 << 30),
+                "max_nodes": self.onnx_max_nodes,
+                "max_initializers": self.onnx_max_initializers,
+                "max_elements": self.onnx_max_elements,
+                "max_rank": self.onnx_max_rank,
+            },
+        }
 
     @property
     def embedded(self) -> bool:

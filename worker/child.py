@@ -1,6 +1,6 @@
 """`python -m worker.child SPEC.json`: prune ONE job, in a process of its own.
 
-Started only by worker/runner.py (the hardening issue turns it into a sandbox there). It talks
+Started only by worker/runner.py, inside the sandbox (docs/sandbox.md). It talks
 back through files in its scratch folder, never through pipes (a child blocked on a full pipe
 would hang its parent): `progress.json` (rewritten as rounds finish) and `outcome.json` (written
 once, last). It dies with its parent (PR_SET_PDEATHSIG) so a killed worker leaves no orphan.
@@ -40,6 +40,7 @@ def resolve_device(name: str) -> str:
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     from synflow.config import PruneConfig
     from synflow.errors import SynflowError
+    from synflow.io.limits import ArchiveLimits, InputLimits, OnnxLimits
     from synflow.pipeline import prune_file
 
     scratch = Path(spec["scratch"])
@@ -58,6 +59,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         config = PruneConfig.model_validate(fields)
         device = resolve_device(spec["device"])
+        bounds = spec.get("limits") or {}
+        limits = InputLimits(
+            archive=ArchiveLimits(**bounds.get("archive", {})),
+            onnx=OnnxLimits(**bounds.get("onnx", {})),
+        )
         prune_file(
             spec["input"],
             config,
@@ -65,6 +71,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             device=device,
             precision=spec["precision"],
             progress=progress,
+            limits=limits,
         )
     except SynflowError as exc:
         return {"ok": False, "code": exc.code, "message": exc.message}

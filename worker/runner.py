@@ -1,21 +1,22 @@
 """Run one job: claim it, start the child, watch it, publish its artifacts, record the outcome.
 
-The parent never loads a model. It polls the child and the job record every `poll_interval`:
-a cancel request, a deleted job, a lost claim or the time limit kill the child's process group
-at once. Progress goes to the record at most every `progress_interval` (and a heartbeat at
-least every quarter of `heartbeat_timeout`). A child that crashes (segfault, OOM kill) fails its
+The parent never loads a model: the child runs in the sandbox of `worker.sandbox` (no network,
+scratch its only writable place, its own uid, rlimits; docs/sandbox.md), and everything it
+leaves in scratch is read without following links and checked before it is published. The
+parent polls the child and the job record every `poll_interval`: a cancel request, a deleted
+job, a lost claim or the time limit kill the child and everything it started at once.
+Progress goes to the record at most every `progress_interval` (and a heartbeat at least every
+quarter of `heartbeat_timeout`). A child that crashes (segfault, OOM kill) fails its
 job with the reason; the worker carries on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-import signal
 import stat
 import struct
 import subprocess
@@ -29,22 +30,26 @@ from pydantic import ValidationError
 
 from service import lifecycle
 from service.schemas import JobProgress, JobRecord
+from service.settings import Settings
 from service.stores.artifacts import ARTIFACT_FILES, model_file
 from worker.child import OUTCOME_FILE, PROGRESS_FILE
 from worker.context import WorkerContext
+from worker.sandbox import (
+    SandboxedProcess,
+    SandboxLimits,
+    SandboxPolicy,
+    read_scratch_file,
+    slot_identity,
+    start,
+)
 
 log = logging.getLogger("worker")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: variables the child inherits; everything else in the worker's environment stays behind
-CHILD_ENV_PASSTHROUGH = (
-    "PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-)  # fmt: skip
 MAX_SAFETENSORS_HEADER = 100 << 20
 MAX_CONTROL_FILE = 1 << 20  # progress.json, outcome.json
 MAX_REPORT = 64 << 20
 MAX_MESSAGE = 2000
+CHILD_LOG = "child.log"  # the child's stdout and stderr, together
 CODE = re.compile(r"[a-z_]{1,64}")  # an error code from the child, as the engine names them
 
 
@@ -61,83 +66,46 @@ class ChildRun:
     progress: JobProgress | None
 
 
-def child_env(scratch: Path) -> dict[str, str]:
-    env = {k: os.environ[k] for k in CHILD_ENV_PASSTHROUGH if k in os.environ}
-    env.update(
-        PYTHONPATH=str(REPO_ROOT),
-        HOME=str(scratch),
-        TMPDIR=str(scratch),
-        PYTHONDONTWRITEBYTECODE="1",
-        PYTHONUNBUFFERED="1",
+def worker_slot() -> int:
+    """This pool process's index (0 .. concurrency-1): each slot runs its jobs as its own uid."""
+    from billiard.process import current_process
+
+    return int(getattr(current_process(), "index", 0) or 0)
+
+
+def sandbox_policy(settings: Settings, scratch: Path, input_path: Path) -> SandboxPolicy:
+    uid, gid = slot_identity(worker_slot(), settings.sandbox_uid_base)
+    return SandboxPolicy(
+        scratch=scratch,
+        uid=uid,
+        gid=gid,
+        read_only_paths=(input_path,),
+        limits=SandboxLimits(
+            memory_bytes=settings.sandbox_memory_bytes,
+            cpu_seconds=settings.cpu_seconds,
+            wall_seconds=settings.job_time_limit,
+            max_processes=settings.sandbox_max_processes,
+            max_file_bytes=settings.sandbox_max_file_bytes,
+            max_open_files=settings.sandbox_max_open_files,
+        ),
+        stdout_name=CHILD_LOG,
+        stderr_name=CHILD_LOG,
+        required_layers=settings.required_layers,
     )
-    return env
 
 
-class ChildProcess:
-    """The child as the runner uses it: `poll`, `wait(timeout)`, `kill` (the whole process
-    group), `returncode`, `describe_exit`. The same surface as `worker.sandbox`'s process, so
-    that sandboxing the child changes `launch_child` only."""
-
-    def __init__(self, popen: subprocess.Popen):
-        self._popen = popen
-
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    def poll(self) -> int | None:
-        return self._popen.poll()
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self._popen.wait(timeout)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._popen.pid, signal.SIGKILL)
-        self._popen.wait()
-
-    def describe_exit(self) -> str:
-        code = self._popen.returncode
-        if code is None:
-            return "still running"
-        if code < 0:
-            name = signal.Signals(-code).name
-            hint = " (most often: out of memory)" if -code == signal.SIGKILL else ""
-            return f"killed by {name}{hint}"
-        return f"exited with status {code}"
+def launch_child(spec_path: Path, policy: SandboxPolicy) -> SandboxedProcess:
+    """The one place the child process starts: in the sandbox (docs/sandbox.md). Call it from
+    the thread that waits for the child: the child dies with that thread."""
+    return start([sys.executable, "-m", "worker.child", str(spec_path)], policy)
 
 
-def launch_child(spec_path: Path, scratch: Path) -> ChildProcess:
-    """The one place the child process starts."""
-    with (scratch / "child.log").open("wb") as log_file:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "worker.child", str(spec_path)],
-            cwd=scratch,
-            env=child_env(scratch),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killed as a whole
-            close_fds=True,
-        )
-    return ChildProcess(popen)
-
-
-def read_json(path: Path, max_bytes: int = MAX_CONTROL_FILE) -> dict[str, Any] | None:
-    """A small JSON file the child wrote: never through a link, never more than `max_bytes`."""
+def read_json(scratch: Path, name: str, max_bytes: int = MAX_CONTROL_FILE) -> dict[str, Any] | None:
+    """A small JSON file the child wrote in scratch: never through a link, never more than
+    `max_bytes`; None when missing or not a JSON object."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            return None
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        data = read_scratch_file(scratch, name, max_bytes=max_bytes)
+    except (OSError, ValueError):
         return None
     try:
         value = json.loads(data)
@@ -147,7 +115,7 @@ def read_json(path: Path, max_bytes: int = MAX_CONTROL_FILE) -> dict[str, Any] |
 
 
 def read_progress(scratch: Path) -> JobProgress | None:
-    data = read_json(scratch / PROGRESS_FILE)
+    data = read_json(scratch, PROGRESS_FILE)
     try:
         return JobProgress.model_validate(data) if data else None
     except ValidationError:
@@ -164,11 +132,13 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
         "config": record.config,
         "device": settings.device,
         "precision": settings.precision,
-        "parent_pid": os.getpid(),
+        "limits": settings.input_limits(),
+        "parent_pid": None,  # the sandbox kills the child when this thread dies
     }
     spec_path = scratch / "job.json"
     spec_path.write_text(json.dumps(spec))
-    proc = launch_child(spec_path, scratch)
+    proc = launch_child(spec_path, sandbox_policy(settings, scratch, Path(spec["input"])))
+    log.info("job %s: sandbox layers %s", record.id, ", ".join(proc.layers))
     started = last_beat = time.monotonic()
     beat_every = settings.heartbeat_timeout / 4
     sent: JobProgress | None = None
@@ -211,51 +181,69 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
     except BaseException:  # e.g. Celery's soft time limit, or the worker shutting down
         proc.kill()
         raise
+    if stopped is None and proc.describe_exit().startswith("wall-clock limit"):
+        stopped = "timeout"  # the sandbox's own clock fired before this loop looked
     return ChildRun(
         returncode=proc.returncode,
         exit=proc.describe_exit(),
         stopped=stopped,
-        outcome=read_json(scratch / OUTCOME_FILE),
+        outcome=read_json(scratch, OUTCOME_FILE),
         progress=read_progress(scratch),
     )
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (read without loading any tensor)."""
-    with path.open("rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise InvalidOutput(f"{path.name} is truncated")
-        (size,) = struct.unpack("<Q", raw)
-        if size > MAX_SAFETENSORS_HEADER:
-            raise InvalidOutput(f"{path.name} has an implausible header size")
-        header = json.loads(fh.read(size))
+def safetensors_header(data: bytes, name: str) -> dict[str, Any]:
+    """The JSON header of a safetensors file's bytes (no tensor is loaded)."""
+    if len(data) < 8:
+        raise InvalidOutput(f"{name} is truncated")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > MAX_SAFETENSORS_HEADER or 8 + size > len(data):
+        raise InvalidOutput(f"{name} has an implausible header size")
+    header = json.loads(data[8 : 8 + size])
+    if not isinstance(header, dict):
+        raise InvalidOutput(f"{name} has no valid header")
     header.pop("__metadata__", None)
     return header
 
 
-def check_artifacts(out: Path, fmt: str) -> tuple[list[str], dict[str, Any]]:
-    """The artifact files, after checking they are complete and agree with each other."""
+def check_artifacts(scratch: Path, fmt: str) -> tuple[list[str], dict[str, Any]]:
+    """The artifact files, after checking they are plain files (no links: the child owned
+    scratch and could have planted them), complete, and agree with each other."""
+    out = scratch / "out"
+    info = os.lstat(out) if os.path.lexists(out) else None
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        raise InvalidOutput("the pruning process did not write its output folder")
     files = [*ARTIFACT_FILES.values(), model_file(fmt)]
     for name in files:
         try:
             info = os.lstat(out / name)
         except FileNotFoundError:
             raise InvalidOutput(f"the pruning process did not write {name}") from None
-        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:  # a link could point anywhere
-            raise InvalidOutput(f"{name} is not a regular, non-empty file")
-    report = read_json(out / ARTIFACT_FILES["report"], MAX_REPORT)
-    if report is None or "layers" not in report:
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0 or info.st_nlink != 1:
+            raise InvalidOutput(f"{name} is not a plain, non-empty file")
+    report = read_json(scratch, f"out/{ARTIFACT_FILES['report']}", MAX_REPORT)
+    if report is None or not isinstance(report.get("layers"), list):
         raise InvalidOutput("report.json is not a valid report")
-    masks = safetensors_header(out / ARTIFACT_FILES["masks"])
+    masks = safetensors_header(_head(out / ARTIFACT_FILES["masks"]), ARTIFACT_FILES["masks"])
     layers = {row["name"]: row for row in report["layers"]}
     if set(masks) != set(layers):
         raise InvalidOutput("masks.safetensors and report.json name different tensors")
     for name, info in masks.items():
         if info.get("dtype") != "BOOL" or info.get("shape") != layers[name]["shape"]:
             raise InvalidOutput(f"mask {name} has the wrong dtype or shape")
-    safetensors_header(out / ARTIFACT_FILES["weights"])
+    safetensors_header(_head(out / ARTIFACT_FILES["weights"]), ARTIFACT_FILES["weights"])
     return files, report
+
+
+def _head(path: Path) -> bytes:
+    """The safetensors header bytes of an output file (already checked to be a plain file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            return raw
+        (size,) = struct.unpack("<Q", raw)
+        return raw + fh.read(min(size, MAX_SAFETENSORS_HEADER + 1))
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +269,12 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def crash_problem(run: ChildRun) -> dict[str, Any]:
+    if run.exit.startswith("sandbox setup failed"):  # the host, not the job: fail closed
+        return lifecycle.problem(
+            "sandbox_unavailable", "Sandbox unavailable",
+            f"the worker could not start the job's sandbox ({run.exit}); the job was not run. "
+            "This is a problem of the service's deployment, not of the request", status=503,
+        )  # fmt: skip
     if run.returncode is not None and run.returncode < 0:
         detail = f"the pruning process was {run.exit}; the model may be too large for this "
         detail += "worker, or it crashed the runtime"
@@ -347,7 +341,10 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
         return _fail_timeout(ctx, record)
     outcome = run.outcome
     if outcome is None:
-        tail = (scratch / "child.log").read_text(errors="replace")[-2000:]
+        try:
+            tail = read_scratch_file(scratch, CHILD_LOG, tail=2000).decode(errors="replace")
+        except (OSError, ValueError):
+            tail = "(no log)"
         log.error("job %s: child ended with %s; log tail:\n%s", job_id, run.returncode, tail)
         lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=crash_problem(run))
         return "failed"
@@ -361,7 +358,7 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
         lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error, progress=run.progress)
         return "failed"
     try:
-        files, report = check_artifacts(scratch / "out", record.input_format)
+        files, report = check_artifacts(scratch, record.input_format)
     except (InvalidOutput, OSError, ValueError, KeyError) as exc:
         error = lifecycle.problem("invalid_output", "Invalid output", str(exc), status=500)
         lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error)

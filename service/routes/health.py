@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 
 from service.deps import ArtifactStoreDep, JobStoreDep, QueueDep
-from service.problems import problem_response
+from service.problems import problem_response, problem_responses
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +17,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The job store, the artifact store and the broker are reachable")
+@router.get(
+    "/readyz",
+    summary="The job store, the artifact store and the broker are reachable",
+    responses=problem_responses(503),
+)
 async def readyz(jobs: JobStoreDep, artifacts: ArtifactStoreDep, queue: QueueDep) -> Response:
     checks = {"job_store": jobs.ping, "artifact_store": artifacts.ping, "broker": queue.ping}
     failed: dict[str, str] = {}
@@ -33,6 +38,11 @@ async def readyz(jobs: JobStoreDep, artifacts: ArtifactStoreDep, queue: QueueDep
     return Response('{"status":"ready"}', media_type="application/json")
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(request: Request) -> Response:
     return request.app.state.metrics.render()

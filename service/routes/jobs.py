@@ -16,7 +16,7 @@ from service.deps import (
     SettingsDep,
     not_found,
 )
-from service.problems import ProblemError
+from service.problems import ProblemError, problem_responses
 from service.schemas import ARTIFACTS, JobOut, JobPage
 from service.stores.artifacts import artifact_file
 
@@ -25,7 +25,12 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 MEDIA_TYPES = {"report": "application/json"}
 
 
-@router.get("", response_model=JobPage, summary="The caller's jobs, newest first")
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="The caller's jobs, newest first",
+    responses=problem_responses(401, 422),
+)
 def list_jobs(
     tenant: CurrentTenant,
     jobs: JobStoreDep,
@@ -59,12 +64,25 @@ def json_response(model: JobOut | JobPage, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="One job's status and result")
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="One job's status and result",
+    responses=problem_responses(401, 404),
+)
 async def get_job(job: OwnedJob) -> Response:
     return json_response(JobOut.of(job))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    summary="Cancel a queued or running job",
+    responses={
+        202: {"model": JobOut, "description": "a running job is being stopped"},
+        **problem_responses(401, 404),
+    },
+)
 def cancel_job(job: OwnedJob, jobs: JobStoreDep) -> Response:
     """202 while a running job is being stopped; 200 once the job is final (a finished job is
     left as it is)."""
@@ -74,7 +92,12 @@ def cancel_job(job: OwnedJob, jobs: JobStoreDep) -> Response:
     return json_response(JobOut.of(record), 200 if record.terminal else 202)
 
 
-@router.delete("/{job_id}", status_code=204, summary="Cancel if needed, then delete job and files")
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Cancel if needed, then delete job and files",
+    responses=problem_responses(401, 404),
+)
 def delete_job(job: OwnedJob, jobs: JobStoreDep, artifacts: ArtifactStoreDep) -> Response:
     lifecycle.request_cancel(jobs, job.id)
     jobs.delete(job.id)
@@ -114,4 +137,5 @@ for _name in ARTIFACTS:
         methods=["GET"],
         summary=f"Download the {_name} of a succeeded job",
         response_class=FileResponse,
+        responses=problem_responses(401, 404, 409, 410),
     )

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from service import lifecycle
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
-from service.problems import ProblemError, invalid_request
+from service.problems import ProblemError, invalid_request, problem_responses
+from service.ratelimit import retry_after
 from service.schemas import JobOut, JobRecord, utcnow
 from service.uploads import MODEL_PART, receive_prune_form
 
@@ -27,6 +28,22 @@ log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
 
 CONFIG_PART = "config"
+
+#: the multipart body as OpenAPI describes it: the file plus the request, as form fields named
+#: like PruneConfig's fields (or one JSON part `config`); the body is read by a streaming parser,
+#: not by FastAPI, so this schema is written out here
+PRUNE_FORM_SCHEMA = {
+    "type": "object",
+    "required": [MODEL_PART],
+    "properties": {
+        MODEL_PART: {"type": "string", "format": "binary", "description": "the model file"},
+        CONFIG_PART: {"type": "string", "description": "the request as one JSON object"},
+        **{
+            name: {"type": "string", "description": field.description or name}
+            for name, field in PruneConfig.model_fields.items()
+        },
+    },
+}
 
 
 def parse_config(fields: dict[str, str]) -> PruneConfig:
@@ -65,8 +82,10 @@ def parse_config(fields: dict[str, str]) -> PruneConfig:
     status_code=202,
     response_model=JobOut,
     summary="Upload a model and queue a pruning job",
-    responses={413: {"description": "model file too large"}, 422: {"description": "bad input"}},
-)
+    responses=problem_responses(400, 401, 413, 415, 422, 429, 503),
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": PRUNE_FORM_SCHEMA}}}},
+)  # fmt: skip
 async def submit(
     request: Request,
     tenant: CurrentTenant,
@@ -75,6 +94,14 @@ async def submit(
     artifacts: ArtifactStoreDep,
     queue: QueueDep,
 ) -> JSONResponse:
+    wait = await run_in_threadpool(request.app.state.rate_limiter.take, tenant)
+    if wait > 0:
+        raise ProblemError(
+            429, "rate_limited", "Too many requests",
+            f"this API key may submit {settings.rate_limit_per_minute:g} jobs per minute "
+            f"(bursts of {settings.rate_limit_burst}); retry after {retry_after(wait)} s",
+            headers={"Retry-After": retry_after(wait)},
+        )  # fmt: skip
     job_id = str(uuid.uuid4())
     upload = artifacts.upload_path(job_id)
     try:

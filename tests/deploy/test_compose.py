@@ -120,3 +120,35 @@ def test_dockerfile_installs_every_package(compose):
     for package in ("synflow", "service", "worker"):
         assert f"COPY {package} ./{package}" in text
     assert "pip install ." in text and "USER synflow" in text
+
+
+def test_workers_are_hardened(compose, monkeypatch):
+    """The container is the sandbox's outer layer (docs/sandbox.md, "What deployment must add")."""
+    for name in WORKERS:
+        service = compose["services"][name]
+        assert service["read_only"] is True
+        tmpfs = {entry.split(":")[0]: entry.split(":", 1)[1] for entry in service["tmpfs"]}
+        settings = settings_from(env_of(service), monkeypatch)
+        scratch = tmpfs[str(settings.scratch_path)]  # scratch is a tmpfs...
+        assert re.search(r"(^|,)size=\d+[kmg]", scratch)  # ...with a size cap
+        assert "uid=10001" in scratch  # owned by the image's user (Dockerfile: USER synflow)
+        assert "/tmp" in tmpfs  # the sandbox launcher's control files
+        assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
+        assert "no-new-privileges:true" in service["security_opt"]
+        assert service["pids_limit"] > 0 and service["mem_limit"]
+        # a job starts only with the layers this container gives a non-root worker
+        assert {"landlock-fs", "seccomp", "rlimits"} <= settings.required_layers
+        assert "uid-drop" not in settings.required_layers  # the worker is not root here
+        memory = int(re.fullmatch(r"(\d+)g", service["mem_limit"]).group(1)) << 30
+        assert settings.sandbox_memory_bytes < memory
+    api = compose["services"]["api"]
+    assert api["read_only"] is True and api["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in api["security_opt"]
+
+
+def test_production_settings_bound_retries_and_submissions(compose, monkeypatch):
+    for name in ("api", *WORKERS):
+        settings = settings_from(env_of(compose["services"][name]), monkeypatch)
+        assert settings.max_attempts >= 1 and settings.rate_limit_per_minute > 0
+        assert settings.job_time_limit < settings.soft_time_limit < settings.hard_time_limit
+        assert settings.hard_time_limit < settings.visibility_timeout

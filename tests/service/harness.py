@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,6 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("SYNFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TERMINAL = ("succeeded", "failed", "canceled")
 INPUT_SHAPE = (1, 3, 16, 16)
+#: job uids of this test run: the sandbox kills every process of a slot's uid before a job
+#: starts, so test runs that share this machine must not share uids
+SANDBOX_UID_BASE = 200_000 + random.SystemRandom().randrange(100_000) * 16
 
 
 def free_port() -> int:
@@ -36,6 +40,8 @@ def base_env(data_dir: Path, **settings: str) -> dict[str, str]:
     env["SYNFLOW_DATA_DIR"] = str(data_dir)
     env["SYNFLOW_DEVICE"] = "cpu"
     env["OMP_NUM_THREADS"] = "1"
+    env["SYNFLOW_SANDBOX_UID_BASE"] = str(SANDBOX_UID_BASE)
+    env["SYNFLOW_RATE_LIMIT_PER_MINUTE"] = "0"  # tests that need the limit set it
     env.update({("REDIS_URL" if k == "redis_url" else f"SYNFLOW_{k.upper()}"): v
                 for k, v in settings.items()})  # fmt: skip
     return env

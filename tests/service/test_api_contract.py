@@ -30,6 +30,7 @@ def app(tmp_path_factory):
         data_dir=tmp_path_factory.mktemp("data"),
         max_upload_bytes=MAX_UPLOAD,
         api_keys={"alice": hash_key("a-key"), "bob": hash_key("b-key")},
+        rate_limit_per_minute=0,  # the limit has a test of its own
     )
     return create_app(settings)
 

@@ -41,6 +41,10 @@ def test_redis_url_switches_to_production(monkeypatch, variable):
     assert config["task_soft_time_limit"] > 100 and config["task_time_limit"] > 100
     options = config["broker_transport_options"]
     assert options["visibility_timeout"] > config["task_time_limit"]
+    # the job's own limit (the sandbox's wall clock) comes first, then Celery's, then Redis's
+    assert settings.job_time_limit < config["task_soft_time_limit"] < config["task_time_limit"]
+    backend = config["result_backend_transport_options"]
+    assert backend["visibility_timeout"] == options["visibility_timeout"]
     assert options["global_keyprefix"] == settings.redis_prefix
 
 

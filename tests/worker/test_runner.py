@@ -16,15 +16,15 @@ import pytest
 from service.schemas import JobRecord
 from service.settings import Settings
 from synflow.config import PruneConfig
-from tests.service.harness import small_cnn, wait_until, write_model
+from tests.service.harness import SANDBOX_UID_BASE, small_cnn, wait_until, write_model
 from worker.context import WorkerContext
 from worker.runner import (
     InvalidOutput,
     check_artifacts,
-    child_env,
     execute,
     read_json,
     read_progress,
+    sandbox_policy,
 )
 
 
@@ -34,6 +34,7 @@ def model_file(tmp_path_factory) -> Path:
 
 
 def context(tmp_path: Path, **settings) -> WorkerContext:
+    settings.setdefault("sandbox_uid_base", SANDBOX_UID_BASE)
     return WorkerContext(Settings(data_dir=tmp_path, device="cpu", poll_interval=0.05, **settings))
 
 
@@ -124,35 +125,64 @@ def test_a_job_runs_once(tmp_path, model_file):
     assert ctx.jobs.get(job_id).attempts == 1
 
 
-def test_child_environment_is_minimal(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYNFLOW_API_KEYS", '{"x": "secret"}')
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    env = child_env(tmp_path)
-    assert not any("SECRET" in k or k.startswith("SYNFLOW_") for k in env)
-    assert env["HOME"] == env["TMPDIR"] == str(tmp_path)
+def test_a_missing_required_sandbox_layer_fails_closed(tmp_path, model_file):
+    # root needs no user namespace; a worker that is not root cannot change uid
+    missing = "user-namespace" if os.geteuid() == 0 else "uid-drop"
+    ctx = context(tmp_path, sandbox_required_layers=missing)
+    job_id = new_job(ctx, model_file, sparsity=0.5, iterations=2)
+    assert execute(job_id, ctx) == "failed"
+    error = ctx.jobs.get(job_id).error
+    assert error["code"] == "sandbox_unavailable" and missing in error["detail"]
+    assert not ctx.artifacts.artifacts_dir(job_id).exists()
+
+
+def test_sandbox_policy_comes_from_the_settings(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path, job_time_limit=100, sandbox_uid_base=70000, sandbox_memory_bytes=1 << 30,
+        sandbox_required_layers="uid-drop, seccomp",
+    )  # fmt: skip
+    policy = sandbox_policy(settings, tmp_path, tmp_path / "input.pt")
+    assert (policy.uid, policy.gid) == (70000, 70000)  # slot 0 outside a Celery pool
+    assert policy.limits.wall_seconds == 100 and policy.limits.memory_bytes == 1 << 30
+    # CPU seconds accrue on every core at once: never the limit that stops a legitimate job
+    assert policy.limits.cpu_seconds >= 100 * (os.cpu_count() or 1)
+    assert policy.read_only_paths == (tmp_path / "input.pt",)
+    assert policy.required_layers == {"uid-drop", "seccomp"}
 
 
 def test_inconsistent_outputs_are_refused(tmp_path):
     out = tmp_path / "out"
+    with pytest.raises(InvalidOutput, match="output folder"):
+        check_artifacts(tmp_path, "torchscript")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.symlink_to(elsewhere)  # the child owned scratch: its folders may be links too
+    with pytest.raises(InvalidOutput, match="output folder"):
+        check_artifacts(tmp_path, "torchscript")
+    out.unlink()
     out.mkdir()
     with pytest.raises(InvalidOutput, match="did not write"):
-        check_artifacts(out, "torchscript")
+        check_artifacts(tmp_path, "torchscript")
     for name in ("masks.safetensors", "weights.safetensors", "model.pt", "report.json"):
         (out / name).write_bytes(b"x")
     with pytest.raises(InvalidOutput, match="report"):
-        check_artifacts(out, "torchscript")
+        check_artifacts(tmp_path, "torchscript")
     (out / "model.pt").unlink()
     (out / "model.pt").symlink_to("/etc/passwd")  # would publish a file of the worker's
-    with pytest.raises(InvalidOutput, match="regular"):
-        check_artifacts(out, "torchscript")
+    with pytest.raises(InvalidOutput, match="plain"):
+        check_artifacts(tmp_path, "torchscript")
+    (out / "model.pt").unlink()
+    os.link(out / "report.json", out / "model.pt")  # a hard link: a second name for a file
+    with pytest.raises(InvalidOutput, match="plain"):
+        check_artifacts(tmp_path, "torchscript")
 
 
 def test_control_files_are_not_followed_through_links(tmp_path):
     secret = tmp_path / "secret.json"
     secret.write_text('{"ok": true}')
     (tmp_path / "outcome.json").symlink_to(secret)
-    assert read_json(tmp_path / "outcome.json") is None
+    assert read_json(tmp_path, "outcome.json") is None
     (tmp_path / "big.json").write_text('{"a": "' + "x" * (2 << 20) + '"}')
-    assert read_json(tmp_path / "big.json") is None
+    assert read_json(tmp_path, "big.json") is None
     (tmp_path / "progress.json").write_text('{"iteration": "many"}')
     assert read_progress(tmp_path) is None
