@@ -43,5 +43,8 @@ class Masks(dict[str, torch.Tensor]):
     def sparsity(self) -> float:
         return 1.0 - self.density
 
+    def clone(self) -> Masks:
+        return Masks.from_dict({k: v.clone() for k, v in self.items()})
+
     def cpu(self) -> Masks:
         return Masks.from_dict({k: v.cpu() for k, v in self.items()})
