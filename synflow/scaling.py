@@ -39,6 +39,9 @@ FLOAT32_MAX_EXP = 127
 #: Binary orders of magnitude kept free at both ends, for values the trace cannot see (partial
 #: sums inside a kernel, the drift of magnitudes as pruning proceeds).
 DEFAULT_MARGIN = 4
+#: Binary orders a scaled additive constant (bias, BatchNorm mean/shift) may reach into the
+#: subnormal range: float32 subnormals reach 2^-149, 23 orders below the smallest normal.
+CONSTANT_UNDERFLOW_ALLOWANCE = 23 - DEFAULT_MARGIN
 
 
 def _ops(*names: str) -> frozenset:
@@ -401,7 +404,9 @@ def trace_forward(
     for key, degree in trace.degrees.items():
         r = log2_range(state[key]) if degree != 0 else None
         if r is not None:
-            trace.ranges.append(Range(r[0], r[1], degree))
+            # A scaled constant only joins sums with values of its degree: its own tiny entries
+            # may go subnormal (they lie below those sums' resolution), but none may vanish.
+            trace.ranges.append(Range(r[0] + CONSTANT_UNDERFLOW_ALLOWANCE, r[1], degree))
     return trace
 
 
