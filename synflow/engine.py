@@ -89,7 +89,7 @@ def prune(
         precision=precision,
     )
     iterations = config.resolved_iterations
-    masks = Masks.dense(params)
+    masks = Masks.dense_flat(params)
     history: list[float] = []
     used_precision = "float32"
     scale = note = None

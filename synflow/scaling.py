@@ -211,8 +211,7 @@ class HomogeneityTracer(TorchDispatchMode):
             return out
         if isinstance(degree, _Free):
             if func.overloadpacket not in (aten.detach, aten.alias) and any(
-                isinstance(o, torch.Tensor)
-                and o.untyped_storage().data_ptr() not in self._owners
+                isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() not in self._owners
                 for o in _flat(out)
             ):
                 degree = self._fixed(degree)  # a copy, not a view: its use no longer tells

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from synflow.masks import Masks
+from synflow.masks import Masks, flat_view
 from synflow.schedule import prune_count
 
 
@@ -88,6 +88,16 @@ def select_inplace(
         kept = [masks[n].reshape(-1) for n in group]
         total = sum(v.numel() for v in values)
         count = prune_count(total, density)
+        flat_values, flat_kept = flat_view(values), flat_view(kept)
+        if len(group) > 1 and flat_values is not None and flat_kept is not None:
+            # one buffer each (the engine's layout): whole-group ops, no concatenation
+            (mask,) = _select_group([flat_values], [flat_kept], count, pruned_scores_zero)
+            offset = 0
+            for name in group:
+                n = masks[name].numel()
+                out[name] = mask[offset : offset + n].view_as(masks[name])
+                offset += n
+            continue
         for name, mask in zip(
             group, _select_group(values, kept, count, pruned_scores_zero), strict=True
         ):
@@ -109,9 +119,11 @@ def _select_group(
         flat = torch.cat([_ranked(v, m) for v, m in zip(values, kept, strict=True)])
         drop = _prune_lowest(flat, count)
         return [~d for d in drop.split([v.numel() for v in values])]
+    above_floor: list[torch.Tensor] | None = None
     if zero:
         floor_value = 0.0
-        at_floor = total - sum(int(torch.count_nonzero(v)) for v in values)
+        above_floor = [v > 0 for v in values]  # reused to pick the candidates
+        at_floor = total - sum(int(torch.count_nonzero(a)) for a in above_floor)
     else:
         floor_value = -torch.inf
         for v, m in zip(values, kept, strict=True):
@@ -124,7 +136,8 @@ def _select_group(
     if count <= at_floor:
         return _prune_floor_ties(values, kept, count - pruned, floor_value)
     # the threshold is above the floor: every floor entry goes, plus the lowest others
-    threshold, room, ties = _threshold(values, count, floor_value, at_floor)
+    threshold, room, ties = _threshold(values, count, floor_value, at_floor, above_floor)
+    del above_floor
     out = []
     for v, m in zip(values, kept, strict=True):
         out.append(torch.gt(v, threshold, out=m))
@@ -145,14 +158,17 @@ def _prune_floor_ties(
         floor_alive = torch.nonzero(m & (v == floor_value)).squeeze(1)
         take = floor_alive[: max(room, 0)]
         room -= take.numel()
-        m = m.clone()
-        m[take] = False
+        m[take] = False  # in place: keeps the caller's buffer layout
         out.append(m)
     return out
 
 
 def _threshold(
-    values: list[torch.Tensor], count: int, floor_value: float, at_floor: int
+    values: list[torch.Tensor],
+    count: int,
+    floor_value: float,
+    at_floor: int,
+    above_floor: list[torch.Tensor] | None,
 ) -> tuple[float, int, torch.Tensor]:
     """(T, room, ties): the count-th smallest value T (> floor_value), how many entries equal to T
     are pruned, and the global positions of all entries equal to T in position order."""
@@ -167,7 +183,9 @@ def _threshold(
             if lo == floor_value
             else sum(int(torch.count_nonzero(v <= lo)) for v in values)
         )
-        cand_values, cand_positions = _between(values, lo, hi)
+        cand_values, cand_positions = _between(
+            values, lo, hi, above_floor if lo == floor_value else None
+        )
         if below_lo < count <= below_lo + cand_values.numel():
             break
     threshold = torch.kthvalue(cand_values, count - below_lo).values
@@ -199,14 +217,19 @@ def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[
     return lo, hi
 
 
-def _between(values: list[torch.Tensor], lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values in (lo, hi] and their global positions, in position order."""
+def _between(
+    values: list[torch.Tensor], lo: float, hi: float, above_lo: list[torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values in (lo, hi] and their global positions, in position order (`above_lo`: the
+    tensors `v > lo`, when the caller has them)."""
     vals, poss = [], []
     offset = 0
-    for v in values:
-        inside = v > lo
+    for i, v in enumerate(values):
         if hi != torch.inf:
-            inside &= v <= hi
+            inside = v <= hi
+            inside &= above_lo[i] if above_lo is not None else v > lo
+        else:
+            inside = above_lo[i] if above_lo is not None else v > lo
         pos = torch.nonzero(inside).squeeze(1)
         vals.append(v[pos])
         poss.append(pos + offset)

@@ -28,7 +28,7 @@ from typing import Self
 import torch
 
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
-from synflow.masks import Masks
+from synflow.masks import Masks, flat_buffer, flat_view
 from synflow.scaling import Range, choose_exponents, log2_range, trace_forward
 from synflow.scorers.base import Scorer
 
@@ -96,6 +96,7 @@ class SynFlowScorer(Scorer):
                     tensor.requires_grad_(requires_grad)
                     tensor.grad = None
         self.ctx.model.module.train(self._was_training)
+        self._work = None
 
     def _state_tensors(self) -> list[torch.Tensor]:
         module = self.ctx.model.module
@@ -119,13 +120,18 @@ class SynFlowScorer(Scorer):
         """|tensor| in `dtype` for every non-prunable tensor; prunable ones are (re)built by
         `_load_weights` each round."""
         self.dtype = dtype
+        params = list(self.ctx.params.values())
+        if getattr(self, "_work", None) is None or self._work.dtype != dtype:
+            # the prunable weights live back to back in one buffer, so that the scores (which
+            # replace them in place) form one tensor that the selection scans in single ops
+            self._work = None
+            shapes = {str(i): p.shape for i, p in enumerate(params)}
+            self._work, views = flat_buffer(shapes, dtype, self.ctx.device)
+            for i, p in enumerate(params):
+                p.data = views[str(i)]
         with torch.no_grad():
             for tensor, original, _ in self._saved.values():
                 if id(tensor) in self._prunable:
-                    if tensor.dtype != dtype or tensor.data_ptr() == original.data_ptr():
-                        tensor.data = torch.empty_like(
-                            original, dtype=dtype, device=self.ctx.device
-                        )
                     continue
                 value = original.to(self.ctx.device, dtype).abs()
                 factor = self._factor(tensor)
@@ -136,7 +142,7 @@ class SynFlowScorer(Scorer):
     def _load_weights(self, masks: Masks) -> None:
         """prunable weight = |original| * mask (times its power of two when it is additive)."""
         with torch.no_grad():
-            for key, p in self.ctx.params.items():
+            for p in self.ctx.params.values():
                 original = self._saved[id(p)][1]
                 if original.dtype == p.dtype and original.device == p.device:
                     torch.abs(original, out=p)
@@ -145,7 +151,12 @@ class SynFlowScorer(Scorer):
                 factor = self._factor(p)
                 if factor != 1.0:
                     p.mul_(factor)
-                p.mul_(masks[key])
+            flat_mask = flat_view([masks[key] for key in self.ctx.params])
+            if flat_mask is not None and flat_mask.device == self._work.device:
+                self._work.mul_(flat_mask)
+            else:
+                for key, p in self.ctx.params.items():
+                    p.mul_(masks[key])
 
     @property
     def precision(self) -> str:
@@ -313,6 +324,9 @@ class SynFlowScorer(Scorer):
             for p in params:
                 if id(p) not in scored:
                     p.zero_()  # the output does not depend on it
+            top = float(self._work.abs_().amax()) if self._work.numel() else 0.0
+        self._finite = math.isfinite(top)
+        self._any_positive = top > 0
         if record and self._trace_error is None:
             for p in params:
                 r = log2_range(p)
@@ -332,14 +346,9 @@ class SynFlowScorer(Scorer):
                     degree = self._trace_output_degree - self._degrees.get(id(p), 0)
                     self._ranges.append(Range(r[0], r[1], degree, 1))
             with torch.no_grad():
-                p.mul_(grad).abs_()
-                top = float(p.amax()) if p.numel() else 0.0
+                p.mul_(grad)  # |.| and the finiteness check run once, on the whole buffer
             del grad
             scored.add(id(p))
-            if not math.isfinite(top):
-                self._finite = False
-            elif top > 0:
-                self._any_positive = True
 
         return hook
 

@@ -1,0 +1,317 @@
+"""SynFlow engine benchmark: our engine against the reference algorithm done the plain way.
+
+    python bench/bench_synflow.py            # ResNet-50, VGG-16-BN, MLP-50M; 100 iterations
+    python bench/bench_synflow.py --quick    # smaller cases, 10 iterations (about a minute)
+    python bench/bench_synflow.py --scale    # 1B-parameter linear stack + growth at 3 sizes
+
+One command runs everything, on the same machine and in the same run. Every measurement runs in
+a fresh child process of this script, so that its peak resident memory (`ru_maxrss`) is its own;
+the peak of an idle child (interpreter + torch, no model) is subtracted from every figure.
+
+Per case it prints the wall time of our engine and of the baseline, their ratio, the peak memory
+of both above idle, the floor (one forward+backward pass of the linearised model in our engine's
+precision, times the iterations) and the intersection over union of the kept sets.
+
+The baseline is the reference algorithm (ganguli-lab/Synaptic-Flow) written the straightforward
+way: a float64 copy of the model with every tensor replaced by its absolute value, an all-ones
+input, the scores |theta * dR/dtheta| concatenated and `torch.kthvalue` on them every iteration
+(pruning every score <= the threshold, as the reference does), masks re-applied by multiplication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPARSITY = 0.99
+
+
+# --------------------------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------------------------
+def build(case: str):
+    """(module, input shape) for a case name; random initialisation, seeded."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(0)
+    name, _, arg = case.partition(":")
+    if name == "resnet50":
+        side = int(arg or 224)
+        return torchvision.models.resnet50(weights=None).eval(), (1, 3, side, side)
+    if name == "vgg16_bn":
+        return torchvision.models.vgg16_bn(weights=None, num_classes=10).eval(), (1, 3, 32, 32)
+    if name == "mlp":  # mlp:WIDTHxDEPTH, ~ WIDTH^2 * DEPTH parameters
+        width, depth = (int(v) for v in arg.split("x"))
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers.append(nn.Linear(width, width if i < depth - 1 else 10))
+            if i < depth - 1:
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers).eval(), (1, width)
+    raise ValueError(case)
+
+
+def prunable_weights(module):
+    from synflow.model import WEIGHT_LAYERS
+
+    return [
+        (f"{n}.weight", m.weight)
+        for n, m in module.named_modules()
+        if type(m).__name__ in WEIGHT_LAYERS
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# workers (each runs in its own child process)
+# --------------------------------------------------------------------------------------------
+def work_idle(args) -> dict:
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import synflow.engine  # noqa: F401
+
+    return {}
+
+
+def work_ours(args) -> dict:
+    import torch
+
+    from synflow.config import PruneConfig
+    from synflow.engine import prune
+    from synflow.model import LoadedModel
+
+    module, shape = build(args.case)
+    model = LoadedModel("torchscript", module, Path(args.case))
+    config = PruneConfig(sparsity=SPARSITY, input_shape=shape, iterations=args.iterations)
+    started = time.perf_counter()
+    result = prune(model, config, precision=args.precision)
+    seconds = time.perf_counter() - started
+    torch.save(dict(result.masks), args.masks)
+    return {
+        "seconds": seconds,
+        "precision": result.precision,
+        "scale": result.scale,
+        "note": result.precision_note,
+        "params": sum(m.numel() for m in result.masks.values()),
+    }
+
+
+def work_baseline(args) -> dict:
+    import torch
+
+    module, shape = build(args.case)
+    started = time.perf_counter()
+    model = copy.deepcopy(module).double().eval()
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.abs_()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights = [w for _, w in prunable_weights(model)]
+    for w in weights:
+        w.requires_grad_(True)
+    masks = [torch.ones_like(w) for w in weights]
+    total = sum(w.numel() for w in weights)
+    for t in range(1, args.iterations + 1):
+        with torch.no_grad():
+            for w, m in zip(weights, masks, strict=True):
+                w.mul_(m)
+        x = torch.ones(shape, dtype=torch.float64)
+        flow = model(x).sum()
+        grads = torch.autograd.grad(flow, weights)
+        scores = [(g * w).detach().abs() for g, w in zip(grads, weights, strict=True)]
+        del grads
+        flat = torch.cat([s.flatten() for s in scores])
+        density = (1.0 - SPARSITY) ** (t / args.iterations)
+        k = math.floor((1.0 - density) * total)
+        if k >= 1:
+            threshold = torch.kthvalue(flat, k).values
+            masks = [(s > threshold).to(torch.float64) for s in scores]
+        del flat, scores
+    seconds = time.perf_counter() - started
+    names = [n for n, _ in prunable_weights(module)]
+    torch.save({n: m.bool() for n, m in zip(names, masks, strict=True)}, args.masks)
+    return {"seconds": seconds}
+
+
+def work_floor(args) -> dict:
+    """Median of a few forward+backward passes of the linearised float32 model (input 2^a)."""
+    import torch
+
+    module, shape = build(args.case)
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.is_floating_point():
+                tensor.abs_()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    weights = [w for _, w in prunable_weights(module)]
+    for w in weights:
+        w.requires_grad_(True)
+    x = torch.full(shape, 2.0**args.input_exponent)
+    times = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        flow = module(x).sum()
+        grads = torch.autograd.grad(flow, weights)
+        del grads, flow
+        times.append(time.perf_counter() - started)
+    per_pass = statistics.median(times[1:] if len(times) > 2 else times)
+    return {"per_pass": per_pass, "seconds": per_pass * args.iterations}
+
+
+WORKERS = {"idle": work_idle, "ours": work_ours, "baseline": work_baseline, "floor": work_floor}
+
+
+def child_main(args) -> None:
+    result = WORKERS[args.worker](args)
+    result["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# parent
+# --------------------------------------------------------------------------------------------
+def run_child(worker: str, case: str = "", iterations: int = 0, **extra) -> dict:
+    cmd = [sys.executable, __file__, "--worker", worker, "--case", case]
+    cmd += ["--iterations", str(iterations)]
+    for key, value in extra.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"{worker} {case} failed (rc {proc.returncode}): " + " | ".join(tail))
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def iou(a_path: str, b_path: str) -> float:
+    import torch
+
+    a, b = torch.load(a_path), torch.load(b_path)
+    inter = sum(int((a[k] & b[k]).sum()) for k in a)
+    union = sum(int((a[k] | b[k]).sum()) for k in a)
+    return inter / union if union else 1.0
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def compare(case: str, iterations: int, idle: int, tmp: Path) -> dict:
+    ours_masks, base_masks = str(tmp / "ours.pt"), str(tmp / "base.pt")
+    ours = run_child("ours", case, iterations, masks=ours_masks, precision="auto")
+    base = run_child("baseline", case, iterations, masks=base_masks)
+    a = ours["scale"][0] if ours["scale"] else 0
+    floor = run_child("floor", case, iterations, input_exponent=a, repeats=5)
+    row = {
+        "case": case,
+        "params": ours["params"],
+        "iterations": iterations,
+        "ours_s": ours["seconds"],
+        "baseline_s": base["seconds"],
+        "speedup": base["seconds"] / ours["seconds"],
+        "floor_s": floor["seconds"],
+        "ours_over_floor": ours["seconds"] / floor["seconds"],
+        "ours_peak": ours["peak_bytes"] - idle,
+        "baseline_peak": base["peak_bytes"] - idle,
+        "param_bytes": 4 * ours["params"],
+        "iou": iou(ours_masks, base_masks),
+        "precision": ours["precision"] + (f" x2^{ours['scale']}" if ours["scale"] else ""),
+        "note": ours["note"],
+    }
+    print(
+        f"{case:<18} params {row['params'] / 1e6:7.1f}M  it {iterations:3d} | "
+        f"ours {row['ours_s']:8.1f}s  baseline {row['baseline_s']:8.1f}s  "
+        f"speedup {row['speedup']:5.2f}x | floor {row['floor_s']:7.1f}s "
+        f"(ours/floor {row['ours_over_floor']:4.2f}) | peak ours {mib(row['ours_peak'])} "
+        f"({row['ours_peak'] / row['param_bytes']:.2f}x params) baseline "
+        f"{mib(row['baseline_peak'])} | IoU {row['iou']:.4f} | {row['precision']}"
+        + (f" ({row['note']})" if row["note"] else ""),
+        flush=True,
+    )
+    return row
+
+
+def scale_mode(idle: int, tmp: Path, iterations: int, sizes: list[str]) -> None:
+    print(f"scale: linear stacks, {iterations} iterations, ours only", flush=True)
+    for case in sizes:
+        ours = run_child("ours", case, iterations, masks=str(tmp / "s.pt"), precision="auto")
+        peak = ours["peak_bytes"] - idle
+        print(
+            f"{case:<18} params {ours['params'] / 1e9:6.3f}B | time {ours['seconds']:8.1f}s "
+            f"({ours['seconds'] / iterations:6.2f}s/it, "
+            f"{ours['seconds'] / iterations / ours['params'] * 1e9:5.2f}s/it per 1B params) | "
+            f"peak {mib(peak)} ({peak / (4 * ours['params']):.2f}x float32 params) | "
+            f"{ours['precision']}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller cases, about a minute")
+    parser.add_argument("--scale", action="store_true", help="1B-parameter scale run")
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--cases", default=None, help="comma-separated case names")
+    parser.add_argument("--sizes", default=None, help="scale mode: comma-separated mlp cases")
+    # child-process options
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--case", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--masks", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--input-exponent", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        child_main(args)
+        return
+
+    import platform
+
+    import torch
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    idle = run_child("idle")["peak_bytes"]
+    print(f"idle child footprint (subtracted below): {mib(idle)}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        if args.scale:
+            sizes = (args.sizes or "mlp:8192x4,mlp:11585x4,mlp:16384x4").split(",")
+            scale_mode(idle, tmp, args.iterations or 100, sizes)
+        else:
+            if args.quick:
+                cases = "resnet50:64,vgg16_bn,mlp:1024x5"
+                iterations = args.iterations or 10
+            else:
+                cases = "resnet50:224,vgg16_bn,mlp:4096x3"
+                iterations = args.iterations or 100
+            for case in (args.cases or cases).split(","):
+                compare(case, iterations, idle, tmp)
+    print(f"load average at end {os.getloadavg()[0]:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
