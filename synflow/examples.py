@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from synflow.io.torchscript import quiet_deprecation
+
 
 def mlp(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(
@@ -44,5 +46,6 @@ def write_example(name: str, out: str | Path, num_classes: int = 10, seed: int =
     torch.manual_seed(seed)
     model = builder(num_classes=num_classes).eval()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(torch.jit.script(model), str(out))
+    with quiet_deprecation():
+        torch.jit.save(torch.jit.script(model), str(out))
     return shape

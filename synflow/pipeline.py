@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from synflow.config import PruneConfig
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.flops import count_positions
+from synflow.io.archive import ArchiveLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
 from synflow.report import build_report
@@ -64,12 +65,13 @@ def prune_file(
     precision: str = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    archive_limits: ArchiveLimits | None = None,
 ) -> dict[str, Any]:
     """Prune the model at `model_path` and write the artifacts to `out_dir`; returns the report."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_path)
+    model = load_model(model_path, archive_limits)
     result = prune(
         model,
         config,

@@ -8,10 +8,10 @@ leading field tags.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 from synflow.errors import InvalidModelError
+from synflow.io.archive import ArchiveLimits, inspect_zip
 
 TORCHSCRIPT = "torchscript"
 ONNX = "onnx"
@@ -23,15 +23,8 @@ _ONNX_FIRST_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x3A, 0x42}
 _PICKLE_PROTOCOL_OP = 0x80
 
 
-def _zip_kind(path: Path) -> str:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile as exc:
-        raise InvalidModelError(
-            f"the file starts like a zip archive but cannot be read as one ({exc}); "
-            "is it truncated? Upload the complete .pt file written by torch.jit.save"
-        ) from exc
+def _zip_kind(path: Path, limits: ArchiveLimits | None) -> str:
+    names = inspect_zip(path, limits)
     if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
         return TORCHSCRIPT
     if any(n.endswith("/data.pkl") for n in names):
@@ -51,15 +44,19 @@ def _zip_kind(path: Path) -> str:
     )
 
 
-def detect_format(path: str | Path) -> str:
-    """Return "torchscript" or "onnx", or raise InvalidModelError saying what the file is."""
+def detect_format(path: str | Path, archive_limits: ArchiveLimits | None = None) -> str:
+    """Return "torchscript" or "onnx", or raise InvalidModelError saying what the file is.
+
+    Zip archives are inspected against `archive_limits` (see `synflow.io.archive`) here, so no
+    loader ever opens one that failed.
+    """
     path = Path(path)
     with path.open("rb") as fh:
         head = fh.read(8)
     if not head:
         raise InvalidModelError("the model file is empty")
     if head.startswith(_ZIP_MAGIC):
-        return _zip_kind(path)
+        return _zip_kind(path, archive_limits)
     if head[0] == _PICKLE_PROTOCOL_OP:
         raise InvalidModelError(
             "this is a Python pickle (e.g. a legacy torch.save file), which is never loaded "

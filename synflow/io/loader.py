@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from synflow.errors import InvalidModelError
+from synflow.io.archive import ArchiveLimits
 from synflow.io.formats import ONNX, TORCHSCRIPT, detect_format
 from synflow.model import LoadedModel
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    fmt = detect_format(path)
+def load_model(path: str | Path, archive_limits: ArchiveLimits | None = None) -> LoadedModel:
+    """Check the file (format by content, archive limits) and load it; never unpickles."""
+    fmt = detect_format(path, archive_limits)
     if fmt == TORCHSCRIPT:
-        from synflow.io.torchscript import load_torchscript
+        from synflow.io.torchscript import read_torchscript
 
-        return load_torchscript(path)
+        return read_torchscript(path)
     if fmt == ONNX:
         try:
             from synflow.io.onnx import load_onnx

@@ -7,21 +7,33 @@ what reaches `torch.jit.load` is a TorchScript archive and not a pickle.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from synflow.errors import InvalidModelError
-from synflow.io.formats import TORCHSCRIPT, detect_format
+from synflow.io.formats import TORCHSCRIPT
 from synflow.model import LoadedModel
 
 
-def load_torchscript(path: str | Path) -> LoadedModel:
+@contextmanager
+def quiet_deprecation():
+    """torch 2.10+ flags every torch.jit call as deprecated; our users chose TorchScript."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit.* is deprecated", category=FutureWarning
+        )
+        yield
+
+
+def read_torchscript(path: str | Path) -> LoadedModel:
+    """Load an archive that `detect_format` accepted (`synflow.io.loader.load_model` does both)."""
     path = Path(path)
-    if detect_format(path) != TORCHSCRIPT:
-        raise InvalidModelError("not a TorchScript archive; save the model with torch.jit.save()")
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with quiet_deprecation():
+            module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InvalidModelError(
@@ -32,4 +44,5 @@ def load_torchscript(path: str | Path) -> LoadedModel:
 
 
 def save_torchscript(model: LoadedModel, path: Path) -> None:
-    torch.jit.save(model.module, str(path))
+    with quiet_deprecation():
+        torch.jit.save(model.module, str(path))

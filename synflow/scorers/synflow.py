@@ -180,11 +180,7 @@ class SynFlowScorer(Scorer):
         if float(flow) == 0.0:
             raise DegenerateFlowError(self._zero_flow_message(masks))
         if not self._any_positive:
-            raise DegenerateFlowError(
-                "every SynFlow score is zero: the output does not depend on any prunable weight, "
-                "so any mask would be arbitrary. Check that the model's output uses its "
-                "convolution / linear layers"
-            )
+            raise DegenerateFlowError(self._zero_flow_message(masks))
         return {key: p.detach() for key, p in self.ctx.params.items()}
 
     def _recover(self, masks: Masks) -> tuple[torch.Tensor, bool]:
@@ -368,8 +364,10 @@ class SynFlowScorer(Scorer):
         return hooks
 
     def _zero_flow_message(self, masks: Masks) -> str:
-        zero_layers = [
-            key for key, p in self.ctx.params.items() if not bool(p.detach().ne(0).any())
+        zero_layers = [  # the live parameters hold scores now: look at the kept originals
+            key
+            for key, p in self.ctx.params.items()
+            if not bool((self._saved[id(p)][1].ne(0) & masks[key].to(p.device)).any())
         ]
         emptied = [key for key, m in masks.items() if not bool(m.any())]
         if emptied:
@@ -380,12 +378,12 @@ class SynFlowScorer(Scorer):
             )
         if zero_layers:
             return (
-                "synaptic flow is zero (R = 0): these layers have all-zero weights and block it: "
+                "synaptic flow is zero: these layers have all-zero weights and block it: "
                 + ", ".join(zero_layers[:5])
                 + ". The reference algorithm would then empty every layer; initialise them "
                 "with non-zero values (e.g. a zero-initialised classifier head) before pruning"
             )
         return (
-            "synaptic flow is zero (R = 0): the all-ones input does not reach the output "
-            "through any path; check the model and input_shape"
+            "synaptic flow is zero: no path from the all-ones input through the prunable "
+            "weights reaches the output, so every score ties; check the model and input_shape"
         )
