@@ -84,6 +84,10 @@ class SynFlowScorer(Scorer):
         self._score_in_backward = True
         #: why the run left float32, for the report
         self.note: str | None = None
+        #: R of the last round, undoing the power-of-two scale (a Python float: may exceed
+        #: float32's range)
+        self.flow: float | None = None
+        self._output_degree = 1
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -181,6 +185,8 @@ class SynFlowScorer(Scorer):
             raise DegenerateFlowError(self._zero_flow_message(masks))
         if not self._any_positive:
             raise DegenerateFlowError(self._zero_flow_message(masks))
+        a = self.scale[0] if self.scale else 0
+        self.flow = float(flow) * 2.0 ** (-a * self._output_degree)
         return {key: p.detach() for key, p in self.ctx.params.items()}
 
     def _recover(self, masks: Masks) -> tuple[torch.Tensor, bool]:
@@ -277,6 +283,7 @@ class SynFlowScorer(Scorer):
                         self._ranges = trace.ranges
                         self._recording = True
                         self._trace_output_degree = trace.output_degree
+                        self._output_degree = trace.output_degree
                 else:
                     output = module(x)
                 flow = output_sum(output)
