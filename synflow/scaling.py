@@ -24,6 +24,7 @@ activation) makes the network "not homogeneous", and the caller falls back to fl
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -144,10 +145,14 @@ class HomogeneityTracer(TorchDispatchMode):
 
     def __init__(self, state: dict[int, torch.Tensor], record_ranges: bool = True):
         super().__init__()
-        #: storage pointer -> id() of the parameter/buffer that owns it
-        self._owners = {
-            t.untyped_storage().data_ptr(): key for key, t in state.items() if t.numel() > 0
-        }
+        #: (first byte, end byte, id()) of every parameter/buffer, sorted: a view of one lies
+        #: inside its interval (several may share one storage, e.g. a flat buffer)
+        self._spans = sorted(
+            (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), key)
+            for key, t in state.items()
+            if t.numel() > 0
+        )
+        self._starts = [span[0] for span in self._spans]
         self._state = state
         self.degrees: dict[int, int] = {}
         self._deg = WeakIdKeyDictionary()
@@ -163,12 +168,20 @@ class HomogeneityTracer(TorchDispatchMode):
     def degree_of(self, t: torch.Tensor) -> int | _Free:
         if t in self._deg:
             return self._deg[t]
-        key = self._owners.get(t.untyped_storage().data_ptr()) if t.numel() else None
+        key = self._owner(t)
         if key is None:
             return 0  # a constant of the graph
         if key in self.degrees:
             return self.degrees[key]
         return _Free(key)
+
+    def _owner(self, t: torch.Tensor) -> int | None:
+        if t.numel() == 0 or t.device.type == "meta":
+            return None
+        i = bisect.bisect_right(self._starts, t.data_ptr()) - 1
+        if i >= 0 and t.data_ptr() < self._spans[i][1]:
+            return self._spans[i][2]
+        return None
 
     def _fix(self, d: int | _Free, degree: int, why: str) -> int:
         if isinstance(d, _Free):
@@ -211,8 +224,7 @@ class HomogeneityTracer(TorchDispatchMode):
             return out
         if isinstance(degree, _Free):
             if func.overloadpacket not in (aten.detach, aten.alias) and any(
-                isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() not in self._owners
-                for o in _flat(out)
+                isinstance(o, torch.Tensor) and self._owner(o) is None for o in _flat(out)
             ):
                 degree = self._fixed(degree)  # a copy, not a view: its use no longer tells
             else:
