@@ -5,8 +5,10 @@
     python bench/bench_synflow.py --scale    # 1B-parameter linear stack + growth at 3 sizes
 
 One command runs everything, on the same machine and in the same run. Every measurement runs in
-a fresh child process of this script, so that its peak resident memory (`ru_maxrss`) is its own;
-the peak of an idle child (interpreter + torch, no model) is subtracted from every figure.
+a fresh child process of this script, so that its peak resident memory is its own: each
+child imports everything and warms up on a toy model, records its resident size (the idle
+footprint), resets the kernel's high-water mark (/proc/self/clear_refs), runs, and reports the
+high-water mark (VmHWM) minus the idle footprint.
 
 Per case it prints the wall time of our engine and of the baseline, their ratio, the peak memory
 of both above idle, the floor (one forward+backward pass of the linearised model in our engine's
@@ -179,9 +181,60 @@ def work_floor(args) -> dict:
 WORKERS = {"idle": work_idle, "ours": work_ours, "baseline": work_baseline, "floor": work_floor}
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def warm_up() -> None:
+    """Load every library a run touches (autograd, kernels, thread pool) on a toy model, so that
+    the idle footprint holds them and the peaks below measure the work itself."""
+    import torch
+    import torchvision  # noqa: F401
+
+    import synflow.engine  # noqa: F401
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    for dtype in (torch.float32, torch.float64):
+        net = net.to(dtype)
+        torch.autograd.grad(net(torch.ones(1, 3, 8, 8, dtype=dtype)).sum(), list(net.parameters()))
+    torch.kthvalue(torch.rand(1000), 10)
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's resident-size high-water mark (Linux >= 4.0), so that import-time
+    transients do not count as the run's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_bytes() -> int:
+    """The resident-size high-water mark since `reset_peak` (VmHWM), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child_main(args) -> None:
+    warm_up()
+    import gc
+
+    gc.collect()
+    idle = rss_bytes()
+    reset = reset_peak()
     result = WORKERS[args.worker](args)
-    result["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_bytes"] = peak_bytes()
+    result["idle_bytes"] = idle
+    result["peak_reset"] = reset
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -230,8 +283,8 @@ def compare(case: str, iterations: int, idle: int, tmp: Path) -> dict:
         "speedup": base["seconds"] / ours["seconds"],
         "floor_s": floor["seconds"],
         "ours_over_floor": ours["seconds"] / floor["seconds"],
-        "ours_peak": ours["peak_bytes"] - idle,
-        "baseline_peak": base["peak_bytes"] - idle,
+        "ours_peak": ours["peak_bytes"] - ours["idle_bytes"],
+        "baseline_peak": base["peak_bytes"] - base["idle_bytes"],
         "param_bytes": 4 * ours["params"],
         "iou": iou(ours_masks, base_masks),
         "precision": ours["precision"] + (f" x2^{ours['scale']}" if ours["scale"] else ""),
@@ -254,7 +307,7 @@ def scale_mode(idle: int, tmp: Path, iterations: int, sizes: list[str]) -> None:
     print(f"scale: linear stacks, {iterations} iterations, ours only", flush=True)
     for case in sizes:
         ours = run_child("ours", case, iterations, masks=str(tmp / "s.pt"), precision="auto")
-        peak = ours["peak_bytes"] - idle
+        peak = ours["peak_bytes"] - ours["idle_bytes"]
         print(
             f"{case:<18} params {ours['params'] / 1e9:6.3f}B | time {ours['seconds']:8.1f}s "
             f"({ours['seconds'] / iterations:6.2f}s/it, "
@@ -294,8 +347,12 @@ def main() -> None:
         f"load average at start {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    idle = run_child("idle")["peak_bytes"]
-    print(f"idle child footprint (subtracted below): {mib(idle)}", flush=True)
+    idle = run_child("idle")["idle_bytes"]
+    print(
+        f"idle footprint of a child after imports and warm-up: {mib(idle)} (each child's own "
+        "is subtracted from its peak below)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         if args.scale:
