@@ -128,6 +128,12 @@ def work_baseline(args) -> dict:
     weights = [w for _, w in prunable_weights(model)]
     for w in weights:
         w.requires_grad_(True)
+    if args.nudge:
+        # the noise floor of a case: the same float64 run with one weight off by 2^-24 (about
+        # one float32 rounding), to compare with the unnudged run
+        with torch.no_grad():
+            middle = weights[len(weights) // 2].view(-1)
+            middle[middle.numel() // 2] *= 1 + 2.0**-24
     masks = [torch.ones_like(w) for w in weights]
     total = sum(w.numel() for w in weights)
     for t in range(1, args.iterations + 1):
@@ -268,10 +274,15 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def compare(case: str, iterations: int, idle: int, tmp: Path) -> dict:
+def compare(case: str, iterations: int, tmp: Path, sensitivity: bool = False) -> dict:
     ours_masks, base_masks = str(tmp / "ours.pt"), str(tmp / "base.pt")
     ours = run_child("ours", case, iterations, masks=ours_masks, precision="auto")
     base = run_child("baseline", case, iterations, masks=base_masks)
+    nudged = None
+    if sensitivity:
+        nudged_masks = str(tmp / "nudged.pt")
+        run_child("baseline", case, iterations, masks=nudged_masks, nudge=1)
+        nudged = iou(nudged_masks, base_masks)
     a = ours["scale"][0] if ours["scale"] else 0
     floor = run_child("floor", case, iterations, input_exponent=a, repeats=5)
     row = {
@@ -287,6 +298,7 @@ def compare(case: str, iterations: int, idle: int, tmp: Path) -> dict:
         "baseline_peak": base["peak_bytes"] - base["idle_bytes"],
         "param_bytes": 4 * ours["params"],
         "iou": iou(ours_masks, base_masks),
+        "iou_nudged": nudged,
         "precision": ours["precision"] + (f" x2^{ours['scale']}" if ours["scale"] else ""),
         "note": ours["note"],
     }
@@ -296,14 +308,16 @@ def compare(case: str, iterations: int, idle: int, tmp: Path) -> dict:
         f"speedup {row['speedup']:5.2f}x | floor {row['floor_s']:7.1f}s "
         f"(ours/floor {row['ours_over_floor']:4.2f}) | peak ours {mib(row['ours_peak'])} "
         f"({row['ours_peak'] / row['param_bytes']:.2f}x params) baseline "
-        f"{mib(row['baseline_peak'])} | IoU {row['iou']:.4f} | {row['precision']}"
+        f"{mib(row['baseline_peak'])} | IoU {row['iou']:.4f}"
+        + (f" (float64 vs float64 one weight nudged: {nudged:.4f})" if nudged is not None else "")
+        + f" | {row['precision']}"
         + (f" ({row['note']})" if row["note"] else ""),
         flush=True,
     )
     return row
 
 
-def scale_mode(idle: int, tmp: Path, iterations: int, sizes: list[str]) -> None:
+def scale_mode(tmp: Path, iterations: int, sizes: list[str]) -> None:
     print(f"scale: linear stacks, {iterations} iterations, ours only", flush=True)
     for case in sizes:
         ours = run_child("ours", case, iterations, masks=str(tmp / "s.pt"), precision="auto")
@@ -324,6 +338,11 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="1B-parameter scale run")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--cases", default=None, help="comma-separated case names")
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="also run float64 with one weight nudged by 2^-24: the IoU noise floor of a case",
+    )
     parser.add_argument("--sizes", default=None, help="scale mode: comma-separated mlp cases")
     # child-process options
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -332,6 +351,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--input-exponent", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument("--nudge", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         child_main(args)
@@ -357,7 +377,7 @@ def main() -> None:
         tmp = Path(tmp_dir)
         if args.scale:
             sizes = (args.sizes or "mlp:8192x4,mlp:11585x4,mlp:16384x4").split(",")
-            scale_mode(idle, tmp, args.iterations or 100, sizes)
+            scale_mode(tmp, args.iterations or 100, sizes)
         else:
             if args.quick:
                 cases = "resnet50:64,vgg16_bn,mlp:1024x5"
@@ -366,7 +386,7 @@ def main() -> None:
                 cases = "resnet50:224,vgg16_bn,mlp:4096x3"
                 iterations = args.iterations or 100
             for case in (args.cases or cases).split(","):
-                compare(case, iterations, idle, tmp)
+                compare(case, iterations, tmp, args.sensitivity)
     print(f"load average at end {os.getloadavg()[0]:.2f}", flush=True)
 
 
