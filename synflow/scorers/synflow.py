@@ -327,7 +327,13 @@ class SynFlowScorer(Scorer):
             for p in params:
                 if id(p) not in scored:
                     p.zero_()  # the output does not depend on it
-            top = float(self._work.abs_().amax()) if self._work.numel() else 0.0
+            top = 0.0
+            if self._work.numel():
+                low, high = torch.aminmax(self._work)  # one read; |.| only where needed
+                if float(low) < 0 or math.isnan(float(low)):
+                    self._work.abs_()
+                    high = self._work.amax()
+                top = float(high)
         self._finite = math.isfinite(top)
         self._any_positive = top > 0
         if record and self._trace_error is None:
