@@ -1,8 +1,9 @@
 """SynFlow engine benchmark: our engine against the reference algorithm done the plain way.
 
     python bench/bench_synflow.py            # ResNet-50, VGG-16-BN, MLP-50M; 100 iterations
-    python bench/bench_synflow.py --quick    # smaller cases, 10 iterations (about a minute)
-    python bench/bench_synflow.py --scale    # 1B-parameter linear stack + growth at 3 sizes
+    python bench/bench_synflow.py --quick    # small cases, 5 iterations (about a minute, idle CPU)
+    python bench/bench_synflow.py --scale    # linear stacks of 64M, 256M and 1.02B parameters
+    python bench/bench_synflow.py --scale --sizes mlp:16000x5   # the 1B case alone
 
 One command runs everything, on the same machine and in the same run. Every measurement runs in
 a fresh child process of this script, so that its peak resident memory is its own: each
@@ -56,7 +57,11 @@ def build(case: str):
         side = int(arg or 224)
         return torchvision.models.resnet50(weights=None).eval(), (1, 3, side, side)
     if name == "vgg16_bn":
-        return torchvision.models.vgg16_bn(weights=None, num_classes=10).eval(), (1, 3, 32, 32)
+        model = torchvision.models.vgg16_bn(weights=None, num_classes=10)
+        if arg == "cifar":  # the reference code's CIFAR head: pool to 1x1, one Linear(512, 10)
+            model.avgpool = nn.AdaptiveAvgPool2d(1)
+            model.classifier = nn.Linear(512, 10)
+        return model.eval(), (1, 3, 32, 32)
     if name == "mlp":  # mlp:WIDTHxDEPTH, ~ WIDTH^2 * DEPTH parameters
         width, depth = (int(v) for v in arg.split("x"))
         layers: list[nn.Module] = []
@@ -183,7 +188,12 @@ def work_floor(args) -> dict:
     return {"per_pass": per_pass, "seconds": per_pass * args.iterations}
 
 
-WORKERS = {"idle": work_idle, "ours": work_ours, "baseline": work_baseline, "floor": work_floor}
+WORKERS = {
+    "idle": work_idle,
+    "ours": work_ours,
+    "baseline": work_baseline,
+    "floor": work_floor,
+}
 
 
 def rss_bytes() -> int:
@@ -273,7 +283,13 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def compare(case: str, iterations: int, tmp: Path, sensitivity: bool = False) -> dict:
+def compare(
+    case: str,
+    iterations: int,
+    tmp: Path,
+    sensitivity: bool = False,
+    quick: bool = False,
+) -> dict:
     ours_masks, base_masks = str(tmp / "ours.pt"), str(tmp / "base.pt")
     ours = run_child("ours", case, iterations, masks=ours_masks, precision="auto")
     base = run_child("baseline", case, iterations, masks=base_masks)
@@ -283,7 +299,7 @@ def compare(case: str, iterations: int, tmp: Path, sensitivity: bool = False) ->
         run_child("baseline", case, iterations, masks=nudged_masks, nudge=1)
         nudged = iou(nudged_masks, base_masks)
     a = ours["scale"][0] if ours["scale"] else 0
-    floor = run_child("floor", case, iterations, input_exponent=a, repeats=5)
+    floor = run_child("floor", case, iterations, input_exponent=a, repeats=3 if quick else 5)
     row = {
         "case": case,
         "params": ours["params"],
@@ -379,17 +395,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         if args.scale:
-            sizes = (args.sizes or "mlp:8192x4,mlp:11585x4,mlp:16384x4").split(",")
+            sizes = (args.sizes or "mlp:4000x5,mlp:8000x5,mlp:16000x5").split(",")
             scale_mode(tmp, args.iterations or 100, sizes)
         else:
             if args.quick:
-                cases = "resnet50:64,vgg16_bn,mlp:1024x5"
-                iterations = args.iterations or 10
+                cases = "resnet50:32,vgg16_bn:cifar,mlp:1024x3"
+                iterations = args.iterations or 5
             else:
                 cases = "resnet50:224,vgg16_bn,mlp:4096x3"
                 iterations = args.iterations or 100
             for case in (args.cases or cases).split(","):
-                compare(case, iterations, tmp, args.sensitivity)
+                compare(case, iterations, tmp, args.sensitivity, args.quick)
     print(f"load average at end {os.getloadavg()[0]:.2f}", flush=True)
 
 
