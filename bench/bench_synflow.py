@@ -402,7 +402,7 @@ def main() -> None:
                 cases = "resnet50:32,vgg16_bn:cifar,mlp:1024x3"
                 iterations = args.iterations or 5
             else:
-                cases = "resnet50:224,vgg16_bn,mlp:4096x3"
+                cases = "resnet50:224,vgg16_bn,mlp:4096x4"
                 iterations = args.iterations or 100
             for case in (args.cases or cases).split(","):
                 compare(case, iterations, tmp, args.sensitivity, args.quick)
