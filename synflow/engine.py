@@ -18,9 +18,9 @@ from synflow.errors import InvalidInputShapeError, PruningCanceled
 from synflow.masks import Masks
 from synflow.model import LoadedModel, PrunableTensor
 from synflow.schedule import density_at
-from synflow.scorers.base import ScoringContext
+from synflow.scorers.base import Scorer, ScoringContext
 from synflow.scorers.registry import scorer_spec
-from synflow.selection import select
+from synflow.selection import select_inplace
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class PruneResult:
     precision: str
     seconds: float
     history: list[float] = field(default_factory=list)  # achieved density per round
+    #: (a, b) when float32 ran with the input scaled by 2^a and the backward seed by 2^b
+    scale: tuple[int, int] | None = None
+    precision_note: str | None = None  # why the run left float32, when it did
 
 
 def resolve_input_shape(model: LoadedModel, config: PruneConfig) -> tuple[int, ...] | None:
@@ -86,22 +89,23 @@ def prune(
         precision=precision,
     )
     iterations = config.resolved_iterations
-    masks = Masks.dense(params)
+    masks = Masks.dense_flat(params)
     history: list[float] = []
     used_precision = "float32"
+    scale = note = None
     try:
         with spec.load()(ctx) as scorer:
             for t in range(1, iterations + 1):
                 if should_cancel is not None and should_cancel():
                     raise PruningCanceled(f"canceled before round {t} of {iterations}")
-                scores = scorer.score(masks)
                 density = density_at(config.density, t, iterations, config.schedule)
-                masks = select(scores, masks, density, config.scope)
-                del scores
+                masks = _next_masks(scorer, masks, density, config.scope)
                 history.append(masks.density)
                 if progress is not None:
                     progress(Progress(t, iterations, history[-1]))
             used_precision = getattr(scorer, "precision", str(next(iter(params.values())).dtype))
+            scale = getattr(scorer, "scale", None)
+            note = getattr(scorer, "note", None)
     finally:
         if device.type != "cpu":
             model.module.to("cpu")
@@ -114,7 +118,21 @@ def prune(
         precision=used_precision.replace("torch.", ""),
         seconds=time.perf_counter() - started,
         history=history,
+        scale=scale,
+        precision_note=note,
     )
+
+
+def _next_masks(scorer: Scorer, masks: Masks, density: float, scope: str) -> Masks:
+    """Score, then select. Scorers that lend their own buffers (`score_borrowed`) avoid a copy of
+    every score; the masks of the previous round are reused as scratch space."""
+    borrowed = getattr(scorer, "score_borrowed", None)
+    if borrowed is None:
+        scores = scorer.score(masks)
+        return select_inplace(scores, masks, density, scope)
+    scores = borrowed(masks)
+    zero = bool(getattr(scorer, "pruned_scores_zero", False))
+    return select_inplace(scores, masks, density, scope, pruned_scores_zero=zero)
 
 
 @torch.no_grad()

@@ -2,7 +2,48 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def flat_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """One 1-D tensor over `tensors` when they lie back to back, in order, in one storage (as the
+    views of a flat buffer do); None otherwise. Lets whole-model operations run as one op."""
+    if not tensors:
+        return None
+    first = tensors[0]
+    storage_ptr = first.untyped_storage().data_ptr()
+    expected = first.data_ptr()
+    for t in tensors:
+        if (
+            not t.is_contiguous()
+            or t.dtype != first.dtype
+            or t.untyped_storage().data_ptr() != storage_ptr
+            or t.data_ptr() != expected
+        ):
+            return None
+        expected += t.numel() * t.element_size()
+    total = sum(t.numel() for t in tensors)
+    flat = torch.empty(0, dtype=first.dtype, device=first.device)
+    return flat.set_(first.untyped_storage(), first.storage_offset(), (total,), (1,))
+
+
+def flat_buffer(
+    shapes: dict[str, torch.Size], dtype: torch.dtype, device: torch.device | str, fill=None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One buffer and a view of it per name, back to back in the order given."""
+    total = sum(math.prod(s) for s in shapes.values())
+    if fill is None:
+        buffer = torch.empty(total, dtype=dtype, device=device)
+    else:
+        buffer = torch.full((total,), fill, dtype=dtype, device=device)
+    views, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        views[name] = buffer[offset : offset + n].view(shape)
+        offset += n
+    return buffer, views
 
 
 class Masks(dict[str, torch.Tensor]):
@@ -21,6 +62,13 @@ class Masks(dict[str, torch.Tensor]):
         return masks
 
     @classmethod
+    def dense_flat(cls, tensors: dict[str, torch.Tensor]) -> Masks:
+        """All-True masks that are views of one buffer (whole-model ops run as one op)."""
+        device = next(iter(tensors.values())).device if tensors else "cpu"
+        shapes = {name: t.shape for name, t in tensors.items()}
+        return cls.from_dict(flat_buffer(shapes, torch.bool, device, fill=True)[1])
+
+    @classmethod
     def from_dict(cls, tensors: dict[str, torch.Tensor]) -> Masks:
         masks = cls()
         for name, tensor in tensors.items():
@@ -33,7 +81,10 @@ class Masks(dict[str, torch.Tensor]):
 
     @property
     def kept(self) -> int:
-        return sum(int(m.sum()) for m in self.values())
+        flat = flat_view(list(self.values()))
+        if flat is not None:
+            return int(torch.count_nonzero(flat))
+        return sum(int(torch.count_nonzero(m)) for m in self.values())
 
     @property
     def density(self) -> float:
@@ -42,6 +93,9 @@ class Masks(dict[str, torch.Tensor]):
     @property
     def sparsity(self) -> float:
         return 1.0 - self.density
+
+    def clone(self) -> Masks:
+        return Masks.from_dict({k: v.clone() for k, v in self.items()})
 
     def cpu(self) -> Masks:
         return Masks.from_dict({k: v.cpu() for k, v in self.items()})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from synflow.masks import Masks
+from synflow.masks import Masks, flat_view
 from synflow.schedule import prune_count
 
 
@@ -54,3 +54,195 @@ def select(
         out[name] = ~pruned[offset : offset + size].view_as(masks[name])
         offset += size
     return out
+
+
+#: Stratified sample size for bracketing the threshold; the result is exact whatever the sample.
+SAMPLE_SIZE = 1 << 17
+#: Width of the bracket around the sample quantile, in standard deviations of that quantile.
+BRACKET_SIGMAS = 5.0
+
+
+def select_inplace(
+    scores: dict[str, torch.Tensor],
+    masks: Masks,
+    density: float,
+    scope: str = "global",
+    *,
+    pruned_scores_zero: bool = False,
+) -> Masks:
+    """Same masks as `select`, without sorting or concatenating all scores.
+
+    Cost per call: a few elementwise passes over the scores plus work proportional to the weights
+    near the threshold, instead of a copy of every score and a selection over all of them. It
+    overwrites `scores` and `masks` (their storage becomes the new masks), so callers pass tensors
+    they no longer need. `pruned_scores_zero` promises that every score is >= 0 and that pruned
+    entries score exactly 0 (SynFlow's |theta * dR/dtheta| with theta masked), which saves a pass.
+    """
+    if scope not in ("global", "local"):
+        raise ValueError(f"unknown scope {scope!r}; choose global or local")
+    names = list(masks)
+    groups = [[n] for n in names] if scope == "local" else [names]
+    out = Masks()
+    for group in groups:
+        values = [scores[n].detach().reshape(-1) for n in group]
+        kept = [masks[n].reshape(-1) for n in group]
+        total = sum(v.numel() for v in values)
+        count = prune_count(total, density)
+        flat_values, flat_kept = flat_view(values), flat_view(kept)
+        if len(group) > 1 and flat_values is not None and flat_kept is not None:
+            # one buffer each (the engine's layout): whole-group ops, no concatenation
+            (mask,) = _select_group([flat_values], [flat_kept], count, pruned_scores_zero)
+            offset = 0
+            for name in group:
+                n = masks[name].numel()
+                out[name] = mask[offset : offset + n].view_as(masks[name])
+                offset += n
+            continue
+        for name, mask in zip(
+            group, _select_group(values, kept, count, pruned_scores_zero), strict=True
+        ):
+            out[name] = mask.view_as(masks[name])
+    return out
+
+
+def _select_group(
+    values: list[torch.Tensor], kept: list[torch.Tensor], count: int, zero: bool
+) -> list[torch.Tensor]:
+    total = sum(v.numel() for v in values)
+    alive = sum(int(torch.count_nonzero(m)) for m in kept)
+    pruned = total - alive
+    if count == pruned:
+        return kept  # nothing new to prune: the pruned ones are exactly the lowest
+    if count < pruned or count >= total:
+        # nothing new to prune (or everything): the simple rule, which also covers the cases a
+        # monotone schedule never produces (asking for fewer pruned than already are)
+        flat = torch.cat([_ranked(v, m) for v, m in zip(values, kept, strict=True)])
+        drop = _prune_lowest(flat, count)
+        return [~d for d in drop.split([v.numel() for v in values])]
+    above_floor: list[torch.Tensor] | None = None
+    if zero:
+        floor_value = 0.0
+        above_floor = [v > 0 for v in values]  # reused to pick the candidates
+        at_floor = total - sum(int(torch.count_nonzero(a)) for a in above_floor)
+    else:
+        floor_value = -torch.inf
+        for v, m in zip(values, kept, strict=True):
+            v.masked_fill_(~m, -torch.inf)
+        at_floor = sum(int(torch.count_nonzero(v == -torch.inf)) for v in values)
+        if at_floor > pruned:  # alive scores of -inf tie with the pruned: the simple rule
+            flat = torch.cat([_ranked(v, m) for v, m in zip(values, kept, strict=True)])
+            drop = _prune_lowest(flat, count)
+            return [~d for d in drop.split([v.numel() for v in values])]
+    if count <= at_floor:
+        return _prune_floor_ties(values, kept, count - pruned, floor_value)
+    # the threshold is above the floor: every floor entry goes, plus the lowest others
+    threshold, room, ties = _threshold(values, count, floor_value, at_floor, above_floor)
+    del above_floor
+    out = []
+    for v, m in zip(values, kept, strict=True):
+        out.append(torch.gt(v, threshold, out=m))
+    if room < len(ties):
+        # ties at the threshold: the first `room` by position go, the rest stay
+        for i, positions in _by_tensor(ties[room:], values):
+            out[i][positions] = True
+    return out
+
+
+def _prune_floor_ties(
+    values: list[torch.Tensor], kept: list[torch.Tensor], room: int, floor_value: float
+) -> list[torch.Tensor]:
+    """The threshold is the floor value: pruned stay pruned, and the first `room` alive entries
+    scoring the floor value (by position) go."""
+    out = []
+    for v, m in zip(values, kept, strict=True):
+        floor_alive = torch.nonzero(m & (v == floor_value)).squeeze(1)
+        take = floor_alive[: max(room, 0)]
+        room -= take.numel()
+        m[take] = False  # in place: keeps the caller's buffer layout
+        out.append(m)
+    return out
+
+
+def _threshold(
+    values: list[torch.Tensor],
+    count: int,
+    floor_value: float,
+    at_floor: int,
+    above_floor: list[torch.Tensor] | None,
+) -> tuple[float, int, torch.Tensor]:
+    """(T, room, ties): the count-th smallest value T (> floor_value), how many entries equal to T
+    are pruned, and the global positions of all entries equal to T in position order."""
+    above = sum(v.numel() for v in values) - at_floor
+    rank = count - at_floor  # rank among the entries above the floor, 1-based
+    lo, hi = _bracket(values, rank / above, floor_value)
+    for attempt in range(2):
+        if attempt == 1:
+            lo, hi = floor_value, torch.inf  # the sample misled us: take everything
+        below_lo = (
+            at_floor
+            if lo == floor_value
+            else sum(int(torch.count_nonzero(v <= lo)) for v in values)
+        )
+        cand_values, cand_positions = _between(
+            values, lo, hi, above_floor if lo == floor_value else None
+        )
+        if below_lo < count <= below_lo + cand_values.numel():
+            break
+    threshold = torch.kthvalue(cand_values, count - below_lo).values
+    is_tie = cand_values == threshold
+    below = below_lo + int(torch.count_nonzero(cand_values < threshold))
+    return float(threshold), count - below, cand_positions[is_tie]
+
+
+def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[float, float]:
+    """Bounds (lo, hi] that hold the q-quantile of the entries above the floor, from a sample."""
+    total = sum(v.numel() for v in values)
+    gen = torch.Generator().manual_seed(0)
+    parts = []
+    for v in values:
+        n = max(1, round(SAMPLE_SIZE * v.numel() / total))
+        idx = torch.randint(v.numel(), (min(n, v.numel()),), generator=gen).to(v.device)
+        parts.append(v[idx].to("cpu", torch.float64))
+    sample = torch.cat(parts)
+    sample = sample[sample > floor_value].sort().values
+    m = sample.numel()
+    if m < 32:
+        return floor_value, torch.inf
+    spread = BRACKET_SIGMAS * (m * q * (1 - q)) ** 0.5 + 2
+    i_hi = int(q * m + spread)
+    i_lo = int(q * m - spread)
+    hi = float(sample[i_hi]) if i_hi < m else torch.inf
+    # a lower bound only pays when many entries lie between the floor and the threshold
+    lo = float(sample[i_lo]) if (i_lo >= 0 and q > 0.1) else floor_value
+    return lo, hi
+
+
+def _between(
+    values: list[torch.Tensor], lo: float, hi: float, above_lo: list[torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values in (lo, hi] and their global positions, in position order (`above_lo`: the
+    tensors `v > lo`, when the caller has them)."""
+    vals, poss = [], []
+    offset = 0
+    for i, v in enumerate(values):
+        if hi != torch.inf:
+            inside = v <= hi
+            inside &= above_lo[i] if above_lo is not None else v > lo
+        else:
+            inside = above_lo[i] if above_lo is not None else v > lo
+        pos = torch.nonzero(inside).squeeze(1)
+        vals.append(v[pos])
+        poss.append(pos + offset)
+        offset += v.numel()
+    return torch.cat(vals), torch.cat(poss)
+
+
+def _by_tensor(positions: torch.Tensor, values: list[torch.Tensor]):
+    """Split sorted global positions into (tensor index, local positions)."""
+    offset = 0
+    for i, v in enumerate(values):
+        end = offset + v.numel()
+        here = positions[(positions >= offset) & (positions < end)]
+        if here.numel():
+            yield i, here - offset
+        offset = end

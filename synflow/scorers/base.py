@@ -4,6 +4,12 @@ A scorer maps the current masks to one score tensor per prunable parameter (high
 knows nothing of thresholds, schedules or counts; `synflow.selection` turns scores into masks.
 A scorer may change the module while it is open (SynFlow linearises it) and must restore it,
 bit for bit, when closed.
+
+Optional extensions the pruning loop uses when a scorer has them (SynFlow does):
+`score_borrowed(masks)` returns the scores in the scorer's own buffers, valid until the next call
+and free for the caller to overwrite (saves a copy of every score), and `pruned_scores_zero =
+True` promises scores >= 0 that are exactly 0 where pruned (saves the selection a pass).
+`score()` always returns tensors the caller owns.
 """
 
 from __future__ import annotations

@@ -6,21 +6,34 @@ sums the output into R and returns |theta * dR/dtheta| for the prunable weights.
 tensor gets its original storage back (no sign arithmetic, so restoring is exact).
 
 Precision: "float32" reproduces the reference's arithmetic; "float64" is slower but covers a far
-larger dynamic range; "auto" starts in the model's own float32 and moves the rest of the run to
-float64 the first time R or a score is not finite (torchvision ResNet-50 at 224x224 overflows
-float32 in this algorithm). If float64 overflows too, the run fails with a clear error rather than
-ranking infinities.
+larger dynamic range; "auto" starts in float32 and, the first time R or a score is not finite
+(torchvision ResNet-50 at 224x224 overflows float32 in this algorithm), checks whether the
+linearised network is positively homogeneous (`synflow.scaling`). If it is, the run goes on in
+float32 with the input and the backward seed scaled by powers of two, which leaves every score an
+exact power-of-two multiple of the unbounded-exponent float32 score (same ranking, same ties);
+otherwise, or when the values span more binary orders than float32 holds, the rest of the run is
+float64. If float64 overflows too, the run fails with a clear error rather than ranking
+infinities.
+
+Memory: the live parameters hold the linearised weights, and the backward pass turns each prunable
+weight into its score as soon as its gradient is ready (then frees the gradient), so the scores
+cost no memory of their own; the next round rebuilds the weights from the saved originals.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Self
 
 import torch
 
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
-from synflow.masks import Masks
+from synflow.masks import Masks, flat_buffer, flat_view
+from synflow.scaling import Range, choose_exponents, log2_range, trace_forward
 from synflow.scorers.base import Scorer
+
+#: Re-centre the power-of-two scale when log2(R) has moved this far since it was chosen.
+RECENTRE_DRIFT = 8.0
 
 
 def output_sum(output: object) -> torch.Tensor:
@@ -43,6 +56,9 @@ def output_sum(output: object) -> torch.Tensor:
 
 
 class SynFlowScorer(Scorer):
+    #: scores are >= 0 and exactly 0 where pruned (lets the selection skip a pass)
+    pruned_scores_zero = True
+
     def __enter__(self) -> Self:
         if self.ctx.input_shape is None:
             raise InvalidInputShapeError(
@@ -56,10 +72,22 @@ class SynFlowScorer(Scorer):
             # detach() aliases the original storage; `tensor.data = ...` below swaps only the
             # live tensor's storage, so the alias keeps the exact original values.
             self._saved[id(tensor)] = (tensor, tensor.detach(), tensor.requires_grad)
-        prunable = {id(p) for p in self.ctx.params.values()}
+        self._prunable = {id(p) for p in self.ctx.params.values()}
         for tensor, _, _ in self._saved.values():
             if isinstance(tensor, torch.nn.Parameter):
-                tensor.requires_grad_(id(tensor) in prunable)
+                tensor.requires_grad_(id(tensor) in self._prunable)
+        #: power-of-two scale (a, b): input and additive constants by 2^(a * degree), seed 2^b
+        self.scale: tuple[int, int] | None = None
+        self._degrees: dict[int, int] = {}
+        self._flow_log2: float | None = None
+        self._recentre = False
+        self._score_in_backward = True
+        #: why the run left float32, for the report
+        self.note: str | None = None
+        #: R of the last round, undoing the power-of-two scale (a Python float: may exceed
+        #: float32's range)
+        self.flow: float | None = None
+        self._output_degree = 1
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -70,7 +98,9 @@ class SynFlowScorer(Scorer):
                 tensor.data = original
                 if isinstance(tensor, torch.nn.Parameter):
                     tensor.requires_grad_(requires_grad)
+                    tensor.grad = None
         self.ctx.model.module.train(self._was_training)
+        self._work = None
 
     def _state_tensors(self) -> list[torch.Tensor]:
         module = self.ctx.model.module
@@ -84,33 +114,68 @@ class SynFlowScorer(Scorer):
                 tensors.append(tensor)
         return tensors
 
+    def _factor(self, tensor: torch.Tensor) -> float:
+        """The power of two an additive constant is scaled by (1 for weights)."""
+        if self.scale is None:
+            return 1.0
+        return 2.0 ** (self.scale[0] * self._degrees.get(id(tensor), 0))
+
     def _linearize(self, dtype: torch.dtype) -> None:
+        """|tensor| in `dtype` for every non-prunable tensor; prunable ones are (re)built by
+        `_load_weights` each round."""
         self.dtype = dtype
+        params = list(self.ctx.params.values())
+        if getattr(self, "_work", None) is None or self._work.dtype != dtype:
+            # the prunable weights live back to back in one buffer, so that the scores (which
+            # replace them in place) form one tensor that the selection scans in single ops
+            self._work = None
+            shapes = {str(i): p.shape for i, p in enumerate(params)}
+            self._work, views = flat_buffer(shapes, dtype, self.ctx.device)
+            for i, p in enumerate(params):
+                p.data = views[str(i)]
         with torch.no_grad():
             for tensor, original, _ in self._saved.values():
-                tensor.data = original.to(self.ctx.device, dtype).abs()
+                if id(tensor) in self._prunable:
+                    continue
+                value = original.to(self.ctx.device, dtype).abs()
+                factor = self._factor(tensor)
+                if factor != 1.0:
+                    value.mul_(factor)
+                tensor.data = value
+
+    def _load_weights(self, masks: Masks) -> None:
+        """prunable weight = |original| * mask (times its power of two when it is additive)."""
+        with torch.no_grad():
+            for p in self.ctx.params.values():
+                original = self._saved[id(p)][1]
+                if original.dtype == p.dtype and original.device == p.device:
+                    torch.abs(original, out=p)
+                else:
+                    p.copy_(original).abs_()
+                factor = self._factor(p)
+                if factor != 1.0:
+                    p.mul_(factor)
+            flat_mask = flat_view([masks[key] for key in self.ctx.params])
+            if flat_mask is not None and flat_mask.device == self._work.device:
+                self._work.mul_(flat_mask)
+            else:
+                for key, p in self.ctx.params.items():
+                    p.mul_(masks[key])
 
     @property
     def precision(self) -> str:
         return "float64" if self.dtype == torch.float64 else "float32"
 
     def score(self, masks: Masks) -> dict[str, torch.Tensor]:
-        params = self.ctx.params
-        with torch.no_grad():
-            for key, p in params.items():
-                p.mul_(masks[key].to(p.dtype))
-        flow, grads = self._flow()
-        if (
-            not _finite(flow, grads)
-            and self.ctx.precision == "auto"
-            and self.dtype != torch.float64
-        ):
-            self._linearize(torch.float64)
-            with torch.no_grad():
-                for key, p in params.items():
-                    p.mul_(masks[key].to(p.dtype))
-            flow, grads = self._flow()
-        if not _finite(flow, grads):
+        return {key: s.clone() for key, s in self.score_borrowed(masks).items()}
+
+    def score_borrowed(self, masks: Masks) -> dict[str, torch.Tensor]:
+        """The scores in the scorer's own buffers (the live parameters), valid until the next
+        call; the caller may overwrite them."""
+        flow, ok = self._round(masks, record=self._recentre)
+        if not ok and self.ctx.precision == "auto":
+            flow, ok = self._recover(masks)
+        if not ok:
             raise DegenerateFlowError(
                 f"synaptic flow overflows {self.precision} on this model (R = {float(flow):.3g}); "
                 "its layers multiply the all-ones input beyond the floating-point range. "
@@ -118,22 +183,110 @@ class SynFlowScorer(Scorer):
             )
         if float(flow) == 0.0:
             raise DegenerateFlowError(self._zero_flow_message(masks))
-        scores = {}
-        any_positive = False
-        for (key, p), g in zip(params.items(), grads, strict=True):
-            s = (g * p).abs_() if g is not None else torch.zeros_like(p)
-            scores[key] = s.detach()
-            any_positive = any_positive or bool((s > 0).any())
-        if not any_positive:
+        if not self._any_positive:
             raise DegenerateFlowError(self._zero_flow_message(masks))
-        return scores
+        a = self.scale[0] if self.scale else 0
+        self.flow = float(flow) * 2.0 ** (-a * self._output_degree)
+        return {key: p.detach() for key, p in self.ctx.params.items()}
 
-    def _flow(self) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+    def _recover(self, masks: Masks) -> tuple[torch.Tensor, bool]:
+        """After a non-finite float32 round: rescale by powers of two if the network allows it,
+        else continue in float64."""
+        if self.dtype == torch.float32:
+            self.scale = None
+            self._flow_log2 = None
+            self._linearize(torch.float64)
+            flow, ok = self._round(masks, record=True)  # float64, and measures the magnitudes
+            if ok and self._trace_error is None:
+                chosen = choose_exponents(self._ranges)
+                if chosen is not None:
+                    self.scale = chosen[:2]
+                    self._linearize(torch.float32)
+                    flow, ok = self._round(masks, record=False)
+                    if ok:
+                        return flow, ok
+                    self.note = "float32 overflowed even with power-of-two rescaling"
+                else:
+                    self.note = "the flow spans more binary orders than float32 holds"
+            elif self._trace_error is not None:
+                self.note = f"not positively homogeneous: {self._trace_error}"
+            self.scale = None
+            if self.dtype != torch.float64:
+                self._linearize(torch.float64)
+            return self._round(masks, record=False)
+        return torch.tensor(torch.inf), False
+
+    def _round(self, masks: Masks, record: bool) -> tuple[torch.Tensor, bool]:
+        """One forward/backward pass; leaves the scores in the prunable parameters."""
+        self._load_weights(masks)
+        try:
+            flow = self._flow(record)
+        except RuntimeError as exc:
+            if not (self._score_in_backward and "inplace operation" in str(exc)):
+                raise
+            # a weight is still needed after its gradient is ready (shared weights): score
+            # after the whole backward pass instead
+            self._score_in_backward = False
+            self._load_weights(masks)
+            flow = self._flow(record)
+        ok = bool(torch.isfinite(flow)) and self._finite
+        if ok and self.scale is not None and float(flow) > 0:
+            log2_flow = math.log2(float(flow))
+            if record:
+                self._recentre_from_trace()
+                self._flow_log2 = log2_flow
+            elif self._flow_log2 is None:
+                self._flow_log2 = log2_flow
+            # magnitudes drift as weights go: measure them again next round
+            self._recentre = abs(log2_flow - self._flow_log2) > RECENTRE_DRIFT
+        return flow, ok
+
+    def set_scale(self, masks: Masks, a: int, b: int) -> None:
+        """Run on with input 2^a and seed 2^b (tracing the degrees first); for tests and tools."""
+        self._round(masks, record=True)
+        if self._trace_error is not None:
+            raise ValueError(f"cannot rescale: not positively homogeneous: {self._trace_error}")
+        self.scale = (a, b)
+        self._flow_log2 = None
+        self._linearize(self.dtype)
+
+    def _recentre_from_trace(self) -> None:
+        """Re-centre the scale from the magnitudes measured at the current one."""
+        if self._trace_error is not None or self.scale is None:
+            return
+        a, b = self.scale
+        unscaled = [
+            Range(r.lo - r.a_degree * a - r.b_degree * b, r.hi - r.a_degree * a - r.b_degree * b,
+                  r.a_degree, r.b_degree)
+            for r in self._ranges
+        ]  # fmt: skip
+        chosen = choose_exponents(unscaled)
+        if chosen is not None and chosen[:2] != self.scale:
+            self.scale = chosen[:2]
+            self._linearize(self.dtype)
+
+    def _flow(self, record: bool) -> torch.Tensor:
         module = self.ctx.model.module
-        x = torch.ones(self.ctx.input_shape, dtype=self.dtype, device=self.ctx.device)
+        a, b = self.scale or (0, 0)
+        x = torch.full(self.ctx.input_shape, 2.0**a, dtype=self.dtype, device=self.ctx.device)
+        self._trace_error = None
+        self._ranges: list[Range] = []
+        self._recording = False
         try:
             with torch.enable_grad():
-                flow = output_sum(module(x))
+                if record:
+                    state = {id(t): t for t, _, _ in self._saved.values()}
+                    trace = trace_forward(module, x, state)
+                    output, self._trace_error = trace.output, trace.error
+                    if self._trace_error is None:
+                        self._degrees = trace.degrees
+                        self._ranges = trace.ranges
+                        self._recording = True
+                        self._trace_output_degree = trace.output_degree
+                        self._output_degree = trace.output_degree
+                else:
+                    output = module(x)
+                flow = output_sum(output)
         except RuntimeError as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             shape = list(self.ctx.input_shape)
@@ -145,14 +298,89 @@ class SynFlowScorer(Scorer):
             raise InvalidModelError(
                 "the model returns no floating-point tensor, so there is no output to sum"
             )
-        if not flow.requires_grad:
-            return flow.detach(), tuple(None for _ in self.ctx.params)
-        grads = torch.autograd.grad(flow, list(self.ctx.params.values()), allow_unused=True)
-        return flow.detach(), grads
+        self._finite, self._any_positive = True, False
+        params = list(self.ctx.params.values())
+        scored: set[int] = set()
+        if flow.requires_grad:
+            hooks = []
+            if record and self._trace_error is None:
+                hooks += self._range_hooks(trace)
+            seed = torch.full_like(flow, 2.0**b)
+            if self._score_in_backward:
+                for p in params:
+                    hooks.append(p.register_post_accumulate_grad_hook(self._scorer(scored)))
+                try:
+                    flow.backward(seed)
+                finally:
+                    for h in hooks:
+                        h.remove()
+            else:
+                grads = torch.autograd.grad(flow, params, seed, allow_unused=True)
+                for h in hooks:
+                    h.remove()
+                for p, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        p.grad = g
+                        self._scorer(scored)(p)
+                del grads
+        with torch.no_grad():
+            for p in params:
+                if id(p) not in scored:
+                    p.zero_()  # the output does not depend on it
+            top = 0.0
+            if self._work.numel():
+                low, high = torch.aminmax(self._work)  # one read; |.| only where needed
+                if float(low) < 0 or math.isnan(float(low)):
+                    self._work.abs_()
+                    high = self._work.amax()
+                top = float(high)
+        self._finite = math.isfinite(top)
+        self._any_positive = top > 0
+        if record and self._trace_error is None:
+            for p in params:
+                r = log2_range(p)
+                if r is not None:
+                    self._ranges.append(Range(r[0], r[1], trace.output_degree, 1))
+        return flow.detach()
+
+    def _scorer(self, scored: set[int]):
+        def hook(p: torch.Tensor) -> None:
+            grad = p.grad
+            p.grad = None
+            if grad is None:
+                return
+            if self._recording:
+                r = log2_range(grad)
+                if r is not None:
+                    degree = self._trace_output_degree - self._degrees.get(id(p), 0)
+                    self._ranges.append(Range(r[0], r[1], degree, 1))
+            with torch.no_grad():
+                p.mul_(grad)  # |.| and the finiteness check run once, on the whole buffer
+            del grad
+            scored.add(id(p))
+
+        return hook
+
+    def _range_hooks(self, trace) -> list:
+        """Backward hooks on the traced intermediates: record the gradients' magnitudes."""
+        hooks = []
+        for tensor, degree in trace.activations:
+            if tensor.requires_grad and tensor.grad_fn is not None:
+                grad_degree = trace.output_degree - degree
+
+                def record(grad: torch.Tensor, d: int = grad_degree) -> None:
+                    r = log2_range(grad)
+                    if r is not None:
+                        self._ranges.append(Range(r[0], r[1], d, 1))
+
+                hooks.append(tensor.register_hook(record))
+        return hooks
 
     def _zero_flow_message(self, masks: Masks) -> str:
-        zero_layers = [
-            key for key, p in self.ctx.params.items() if not bool(p.detach().ne(0).any())
+        zero_layers = [  # the live parameters hold scores now: look at the kept originals
+            key
+            for key, p in self.ctx.params.items()
+            if not bool((self._saved[id(p)][1].ne(0) & masks[key].to(p.device)).any())
         ]
         emptied = [key for key, m in masks.items() if not bool(m.any())]
         if emptied:
@@ -172,9 +400,3 @@ class SynFlowScorer(Scorer):
             "synaptic flow is zero: no path from the all-ones input through the prunable "
             "weights reaches the output, so every score ties; check the model and input_shape"
         )
-
-
-def _finite(flow: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> bool:
-    if not bool(torch.isfinite(flow)):
-        return False
-    return all(g is None or bool(torch.isfinite(g).all()) for g in grads)

@@ -24,7 +24,7 @@ def one_synflow_pass(loaded, input_shape, dtype="float64"):
     )
     with SynFlowScorer(ctx) as scorer:
         scores = scorer.score(Masks.dense(params))
-        flow = float(scorer._flow()[0])
+        flow = scorer.flow
     return scores, flow
 
 
@@ -104,14 +104,15 @@ def test_pruned_weights_stay_pruned():
     loaded = nets.as_loaded(model)
     from synflow import selection
 
-    original = selection.select
+    original = selection.select_inplace
 
-    def spy(scores, masks, density, scope="global"):
-        out = original(scores, masks, density, scope)
-        seen.append((masks, out))
+    def spy(scores, masks, density, scope="global", **options):
+        before = masks.clone()  # select_inplace reuses the masks' storage
+        out = original(scores, masks, density, scope, **options)
+        seen.append((before, out))
         return out
 
-    selection_select = "synflow.engine.select"
+    selection_select = "synflow.engine.select_inplace"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(selection_select, spy)
         prune(loaded, config)
