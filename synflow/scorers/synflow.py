@@ -23,6 +23,7 @@ cost no memory of their own; the next round rebuilds the weights from the saved 
 from __future__ import annotations
 
 import math
+import re
 from typing import Self
 
 import torch
@@ -34,6 +35,27 @@ from synflow.scorers.base import Scorer
 
 #: Re-centre the power-of-two scale when log2(R) has moved this far since it was chosen.
 RECENTRE_DRIFT = 8.0
+
+
+#: words of torch's messages for an input whose shape the model cannot take
+_SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|expected input", re.IGNORECASE)
+
+
+def forward_failure(exc: Exception, input_shape: tuple[int, ...]) -> Exception:
+    """Say whether the forward pass failed on the input's shape or on something else."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
+    # TorchScript puts its own headline first and the model's error on the last line
+    first = (lines[-1] if lines[0].startswith("The following operation failed") else lines[0])[:300]
+    shape = list(input_shape)
+    if _SHAPE_WORDS.search(first):
+        return InvalidInputShapeError(
+            f"the model rejected an input of shape {shape}: {first}. "
+            "Pass the input_shape the model expects (batch first)"
+        )
+    return InvalidModelError(
+        f"the model failed when run on an all-ones input of shape {shape}: {first}. "
+        "Check that the model runs on its own (and does not read files or the network)"
+    )
 
 
 def output_sum(output: object) -> torch.Tensor:
@@ -287,13 +309,8 @@ class SynFlowScorer(Scorer):
                 else:
                     output = module(x)
                 flow = output_sum(output)
-        except RuntimeError as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            shape = list(self.ctx.input_shape)
-            raise InvalidInputShapeError(
-                f"the model rejected an input of shape {shape}: {first}. "
-                "Pass the input_shape the model expects (batch first)"
-            ) from exc
+        except (RuntimeError, torch.jit.Error) as exc:
+            raise forward_failure(exc, self.ctx.input_shape) from exc
         if flow is None:
             raise InvalidModelError(
                 "the model returns no floating-point tensor, so there is no output to sum"

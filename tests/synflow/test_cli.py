@@ -229,3 +229,23 @@ def test_degenerate_flow(tmp_path, capsys):
     )
     assert "synaptic flow is zero" in err and "4.weight" in err
     assert not (tmp_path / "o" / "masks.safetensors").exists()
+
+
+def test_forward_failure_that_is_not_about_the_shape(tmp_path, capsys):
+    class Fails(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            if bool(x.sum() > 0):
+                raise RuntimeError("permission denied: /secret")
+            return self.fc(x)
+
+    path = tmp_path / "fails.pt"
+    torch.jit.save(torch.jit.script(Fails()), str(path))
+    err = _run_error(
+        capsys, _args(path, tmp_path / "o", "--sparsity", "0.5", "--input-shape", "1,3")
+    )
+    assert "failed when run on an all-ones input of shape [1, 3]" in err
+    assert "rejected an input" not in err
