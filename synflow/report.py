@@ -79,6 +79,9 @@ def build_report(
         "input_shape": list(result.input_shape) if result.input_shape else None,
         "device": result.device,
         "precision": result.precision,
+        # float32 with the input x 2^a and the backward seed x 2^b (exact power-of-two rescaling)
+        "scale": list(result.scale) if result.scale else None,
+        "precision_note": result.precision_note,
         "totals": {
             "prunable": prunable_total,
             "kept": prunable_kept,

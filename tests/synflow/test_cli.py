@@ -81,6 +81,7 @@ def test_cli_prunes_and_writes_four_artifacts(tmp_path, rescnn, how):
     assert report["config"]["iterations"] == 20 and report["config"]["method"] == "synflow"
     assert report["timing"]["wall_seconds"] > 0
     assert report["precision"] == "float32"
+    assert report["scale"] is None and report["precision_note"] is None
 
 
 def test_report_flags_collapsed_layers(tmp_path):
