@@ -3,8 +3,6 @@
 # on http://127.0.0.1:8000 plus one worker, with the job store, queue and artifacts under ./var.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+source scripts/venv.sh
+setup_venv
 exec .venv/bin/synflow serve "$@"
