@@ -104,13 +104,3 @@ def count_positions(
     with counter:
         module(torch.ones(input_shape, dtype=dtype, device=device))
     return dict(counter.positions)
-
-
-def macs(positions: int, elements: int) -> int:
-    return positions * elements
-
-
-def total_macs(rows: list[dict]) -> tuple[int, int]:
-    dense = sum(r.get("macs_dense", 0) for r in rows)
-    pruned = sum(r.get("macs_pruned", 0) for r in rows)
-    return dense, pruned

@@ -22,10 +22,6 @@ def density_at(target_density: float, iteration: int, iterations: int, schedule:
     raise ValueError(f"unknown schedule {schedule!r}; choose exponential or linear")
 
 
-def densities(target_density: float, iterations: int, schedule: str) -> list[float]:
-    return [density_at(target_density, t, iterations, schedule) for t in range(1, iterations + 1)]
-
-
 def prune_count(total: int, density: float) -> int:
     """How many of `total` weights are pruned at `density`: floor((1 - d) * N), as the reference."""
     return math.floor((1.0 - density) * total)
