@@ -134,12 +134,8 @@ def work_baseline(args) -> dict:
     for w in weights:
         w.requires_grad_(True)
     masks = [torch.ones_like(w) for w in weights]
-    if args.nudge:
-        # the noise floor of a case: the same float64 run with one weight pruned from the start
-        # (one mask entry flipped, as one near-tie decided the other way would do)
-        middle = weights[len(weights) // 2]
-        masks[len(weights) // 2].view(-1)[middle.numel() // 2] = 0
     total = sum(w.numel() for w in weights)
+    swap = None
     for t in range(1, args.iterations + 1):
         with torch.no_grad():
             for w, m in zip(weights, masks, strict=True):
@@ -155,11 +151,33 @@ def work_baseline(args) -> dict:
         if k >= 1:
             threshold = torch.kthvalue(flat, k).values
             masks = [(s > threshold).to(torch.float64) for s in scores]
+            if t == args.swap_round:
+                swap = decide_closest_tie_the_other_way(flat, masks)
         del flat, scores
     seconds = time.perf_counter() - started
     names = [n for n, _ in prunable_weights(module)]
     torch.save({n: m.bool() for n, m in zip(names, masks, strict=True)}, args.masks)
-    return {"seconds": seconds}
+    return {"seconds": seconds, "swap": swap}
+
+
+def decide_closest_tie_the_other_way(flat, masks) -> list[float]:
+    """The noise floor probe: keep the highest score this round pruned and prune the lowest it
+    kept (the two scores nearest the threshold), as a last-bit difference in arithmetic would.
+    Edits `masks` in place; returns the two scores."""
+    import torch
+
+    kept = torch.cat([m.flatten() for m in masks]).bool()
+    lowest_kept = int(torch.where(kept, flat, torch.inf).argmin())
+    # pruned this round = positive score (earlier rounds' pruned weights score exactly 0)
+    highest_pruned = int(torch.where(~kept & (flat > 0), flat, -torch.inf).argmax())
+    offset = 0
+    for m in masks:
+        n = m.numel()
+        for index, value in ((lowest_kept, 0.0), (highest_pruned, 1.0)):
+            if offset <= index < offset + n:
+                m.view(-1)[index - offset] = value
+        offset += n
+    return [float(flat[lowest_kept]), float(flat[highest_pruned])]
 
 
 def work_floor(args) -> dict:
@@ -293,11 +311,14 @@ def compare(
     ours_masks, base_masks = str(tmp / "ours.pt"), str(tmp / "base.pt")
     ours = run_child("ours", case, iterations, masks=ours_masks, precision="auto")
     base = run_child("baseline", case, iterations, masks=base_masks)
-    nudged = None
+    noise_floor = swap = None
     if sensitivity:
-        nudged_masks = str(tmp / "nudged.pt")
-        run_child("baseline", case, iterations, masks=nudged_masks, nudge=1)
-        nudged = iou(nudged_masks, base_masks)
+        probe_masks = str(tmp / "noise_floor.pt")
+        swap_round = max(1, iterations // 5)
+        probe = run_child("baseline", case, iterations, masks=probe_masks, swap_round=swap_round)
+        noise_floor = iou(probe_masks, base_masks)
+        kept, pruned = probe["swap"]
+        swap = (swap_round, (kept - pruned) / kept)
     a = ours["scale"][0] if ours["scale"] else 0
     floor = run_child("floor", case, iterations, input_exponent=a, repeats=3 if quick else 5)
     row = {
@@ -313,7 +334,8 @@ def compare(
         "baseline_peak": base["peak_bytes"] - base["idle_bytes"],
         "param_bytes": 4 * ours["params"],
         "iou": iou(ours_masks, base_masks),
-        "iou_nudged": nudged,
+        "iou_noise_floor": noise_floor,
+        "swap": swap,
         "precision": ours["precision"] + (f" x2^{ours['scale']}" if ours["scale"] else ""),
         "note": ours["note"],
     }
@@ -325,8 +347,9 @@ def compare(
         f"({row['ours_peak'] / row['param_bytes']:.2f}x params) baseline "
         f"{mib(row['baseline_peak'])} | IoU {row['iou']:.4f}"
         + (
-            f" (float64 vs float64 with one weight pruned at start: {nudged:.4f})"
-            if nudged is not None
+            f" (noise floor: float64 vs float64 with one near-tie of round {swap[0]} decided the"
+            f" other way, scores {swap[1]:.1e} apart relatively: {noise_floor:.4f})"
+            if noise_floor is not None and swap is not None
             else ""
         )
         + f" | {row['precision']}"
@@ -360,7 +383,8 @@ def main() -> None:
     parser.add_argument(
         "--sensitivity",
         action="store_true",
-        help="also run float64 with one weight pruned at the start: the IoU noise floor",
+        help="also run float64 with the closest near-tie of round iterations/5 decided the other "
+        "way: the IoU noise floor",
     )
     parser.add_argument("--sizes", default=None, help="scale mode: comma-separated mlp cases")
     # child-process options
@@ -370,7 +394,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--input-exponent", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
-    parser.add_argument("--nudge", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--swap-round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         child_main(args)

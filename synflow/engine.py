@@ -141,4 +141,5 @@ def apply_masks(model: LoadedModel, result: PruneResult) -> None:
     named = dict(model.module.named_parameters())
     for t in result.tensors:
         p = named[t.param_name]
-        p.mul_(result.masks[t.key].to(p.device, p.dtype))
+        mask = result.masks[t.key].to(p.device)
+        torch.where(mask, p, torch.zeros((), dtype=p.dtype, device=p.device), out=p)

@@ -119,11 +119,9 @@ def _select_group(
         flat = torch.cat([_ranked(v, m) for v, m in zip(values, kept, strict=True)])
         drop = _prune_lowest(flat, count)
         return [~d for d in drop.split([v.numel() for v in values])]
-    above_floor: list[torch.Tensor] | None = None
     if zero:
         floor_value = 0.0
-        above_floor = [v > 0 for v in values]  # reused to pick the candidates
-        at_floor = total - sum(int(torch.count_nonzero(a)) for a in above_floor)
+        at_floor = total - sum(int(torch.count_nonzero(v)) for v in values)  # scores are >= 0
     else:
         floor_value = -torch.inf
         for v, m in zip(values, kept, strict=True):
@@ -135,9 +133,9 @@ def _select_group(
             return [~d for d in drop.split([v.numel() for v in values])]
     if count <= at_floor:
         return _prune_floor_ties(values, kept, count - pruned, floor_value)
-    # the threshold is above the floor: every floor entry goes, plus the lowest others
-    threshold, room, ties = _threshold(values, count, floor_value, at_floor, above_floor)
-    del above_floor
+    # the threshold is above the floor: every floor entry goes, plus the lowest others. From here
+    # the values alone say what was pruned (they sit at the floor), so `kept` is free scratch.
+    threshold, room, ties = _threshold(values, count, floor_value, at_floor, scratch=kept)
     out = []
     for v, m in zip(values, kept, strict=True):
         out.append(torch.gt(v, threshold, out=m))
@@ -168,10 +166,11 @@ def _threshold(
     count: int,
     floor_value: float,
     at_floor: int,
-    above_floor: list[torch.Tensor] | None,
+    scratch: list[torch.Tensor],
 ) -> tuple[float, int, torch.Tensor]:
     """(T, room, ties): the count-th smallest value T (> floor_value), how many entries equal to T
-    are pruned, and the global positions of all entries equal to T in position order."""
+    are pruned, and the global positions of all entries equal to T in position order.
+    `scratch`: bool tensors shaped like `values` that may be overwritten (saves temporaries)."""
     above = sum(v.numel() for v in values) - at_floor
     rank = count - at_floor  # rank among the entries above the floor, 1-based
     lo, hi = _bracket(values, rank / above, floor_value)
@@ -181,11 +180,12 @@ def _threshold(
         below_lo = (
             at_floor
             if lo == floor_value
-            else sum(int(torch.count_nonzero(v <= lo)) for v in values)
+            else sum(
+                int(torch.count_nonzero(torch.le(v, lo, out=b)))
+                for v, b in zip(values, scratch, strict=True)
+            )
         )
-        cand_values, cand_positions = _between(
-            values, lo, hi, above_floor if lo == floor_value else None
-        )
+        cand_values, cand_positions = _between(values, lo, hi, scratch)
         if below_lo < count <= below_lo + cand_values.numel():
             break
     threshold = torch.kthvalue(cand_values, count - below_lo).values
@@ -218,18 +218,17 @@ def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[
 
 
 def _between(
-    values: list[torch.Tensor], lo: float, hi: float, above_lo: list[torch.Tensor] | None
+    values: list[torch.Tensor], lo: float, hi: float, scratch: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values in (lo, hi] and their global positions, in position order (`above_lo`: the
-    tensors `v > lo`, when the caller has them)."""
+    """Values in (lo, hi] and their global positions, in position order. Overwrites `scratch`
+    (bool tensors shaped like `values`), so that the only temporary is one bool tensor at a
+    time."""
     vals, poss = [], []
     offset = 0
-    for i, v in enumerate(values):
+    for v, inside in zip(values, scratch, strict=True):
+        torch.gt(v, lo, out=inside)
         if hi != torch.inf:
-            inside = v <= hi
-            inside &= above_lo[i] if above_lo is not None else v > lo
-        else:
-            inside = above_lo[i] if above_lo is not None else v > lo
+            inside &= v.le(hi)
         pos = torch.nonzero(inside).squeeze(1)
         vals.append(v[pos])
         poss.append(pos + offset)

@@ -177,12 +177,14 @@ class SynFlowScorer(Scorer):
                 factor = self._factor(p)
                 if factor != 1.0:
                     p.mul_(factor)
+            # where(mask, w, 0) in place: w.mul_(bool mask) would cast the mask to a float copy
+            zero = torch.zeros((), dtype=self._work.dtype, device=self._work.device)
             flat_mask = flat_view([masks[key] for key in self.ctx.params])
             if flat_mask is not None and flat_mask.device == self._work.device:
-                self._work.mul_(flat_mask)
+                torch.where(flat_mask, self._work, zero, out=self._work)
             else:
                 for key, p in self.ctx.params.items():
-                    p.mul_(masks[key])
+                    torch.where(masks[key].to(p.device), p, zero, out=p)
 
     @property
     def precision(self) -> str:
