@@ -185,7 +185,8 @@ def _threshold(
                 for v, b in zip(values, scratch, strict=True)
             )
         )
-        cand_values, cand_positions = _between(values, lo, hi, scratch)
+        # scratch now holds v <= lo (unless lo is the floor): _between reuses it
+        cand_values, cand_positions = _between(values, lo, hi, scratch, lo != floor_value)
         if below_lo < count <= below_lo + cand_values.numel():
             break
     threshold = torch.kthvalue(cand_values, count - below_lo).values
@@ -212,21 +213,28 @@ def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[
     i_hi = int(q * m + spread)
     i_lo = int(q * m - spread)
     hi = float(sample[i_hi]) if i_hi < m else torch.inf
-    # a lower bound only pays when many entries lie between the floor and the threshold
-    lo = float(sample[i_lo]) if (i_lo >= 0 and q > 0.1) else floor_value
+    # a lower bound costs one counting pass and keeps the candidates (and their kth-value) small
+    lo = float(sample[i_lo]) if i_lo >= 0 else floor_value
     return lo, hi
 
 
 def _between(
-    values: list[torch.Tensor], lo: float, hi: float, scratch: list[torch.Tensor]
+    values: list[torch.Tensor],
+    lo: float,
+    hi: float,
+    scratch: list[torch.Tensor],
+    scratch_is_le_lo: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Values in (lo, hi] and their global positions, in position order. Overwrites `scratch`
-    (bool tensors shaped like `values`), so that the only temporary is one bool tensor at a
-    time."""
+    (bool tensors shaped like `values`; `scratch_is_le_lo`: they already hold `v <= lo`), so
+    that the only temporary is one bool tensor at a time."""
     vals, poss = [], []
     offset = 0
     for v, inside in zip(values, scratch, strict=True):
-        torch.gt(v, lo, out=inside)
+        if scratch_is_le_lo and hi != torch.inf:  # (NaN: not <= lo, and not <= hi either)
+            inside.logical_not_()  # v > lo, without reading the values again
+        else:
+            torch.gt(v, lo, out=inside)
         if hi != torch.inf:
             inside &= v.le(hi)
         pos = torch.nonzero(inside).squeeze(1)
