@@ -171,9 +171,9 @@ def decide_closest_tie_the_other_way(flat, masks) -> list[float]:
     # pruned this round = positive score (earlier rounds' pruned weights score exactly 0)
     highest_pruned = int(torch.where(~kept & (flat > 0), flat, -torch.inf).argmax())
     offset = 0
-    for m in masks:
+    for m in masks:  # float or bool masks, one per tensor or one flat
         n = m.numel()
-        for index, value in ((lowest_kept, 0.0), (highest_pruned, 1.0)):
+        for index, value in ((lowest_kept, False), (highest_pruned, True)):
             if offset <= index < offset + n:
                 m.view(-1)[index - offset] = value
         offset += n

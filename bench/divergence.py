@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_synflow import SPARSITY, build  # noqa: E402
+from bench_synflow import SPARSITY, build, decide_closest_tie_the_other_way  # noqa: E402
 
 from synflow.config import PruneConfig  # noqa: E402
 from synflow.engine import _next_masks  # noqa: E402
@@ -62,12 +62,8 @@ def trajectory(case: str, iterations: int, precision: str, swap_round: int = 0):
                 scores = scorer.score(masks)
                 new = select(scores, masks, density)
                 flat = torch.cat([s.flatten() for s in scores.values()])
-                before = flat_view(list(masks.values())).clone()
                 after = torch.cat([m.flatten() for m in new.values()])
-                lowest_kept = int(torch.where(after, flat, torch.inf).argmin())
-                highest_pruned = int(torch.where(before & ~after, flat, -torch.inf).argmax())
-                after[lowest_kept], after[highest_pruned] = False, True
-                swap = (float(flat[lowest_kept]), float(flat[highest_pruned]))
+                swap = decide_closest_tie_the_other_way(flat, [after])
                 masks = Masks.dense_flat(params)
                 flat_view(list(masks.values())).copy_(after)
             else:
