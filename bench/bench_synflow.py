@@ -83,6 +83,23 @@ def prunable_weights(module):
     ]
 
 
+def linearise(module) -> list:
+    """SynFlow's view of `module`, in place: every floating-point tensor replaced by its absolute
+    value, gradients on the prunable weights only. Returns those weights."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.is_floating_point():
+                tensor.abs_()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    weights = [w for _, w in prunable_weights(module)]
+    for w in weights:
+        w.requires_grad_(True)
+    return weights
+
+
 # --------------------------------------------------------------------------------------------
 # workers (each runs in its own child process)
 # --------------------------------------------------------------------------------------------
@@ -124,15 +141,7 @@ def work_baseline(args) -> dict:
     module, shape = build(args.case)
     started = time.perf_counter()
     model = copy.deepcopy(module).double().eval()
-    with torch.no_grad():
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            if tensor.is_floating_point():
-                tensor.abs_()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    weights = [w for _, w in prunable_weights(model)]
-    for w in weights:
-        w.requires_grad_(True)
+    weights = linearise(model)
     masks = [torch.ones_like(w) for w in weights]
     total = sum(w.numel() for w in weights)
     swap = None
@@ -185,15 +194,7 @@ def work_floor(args) -> dict:
     import torch
 
     module, shape = build(args.case)
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            if tensor.is_floating_point():
-                tensor.abs_()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    weights = [w for _, w in prunable_weights(module)]
-    for w in weights:
-        w.requires_grad_(True)
+    weights = linearise(module)
     x = torch.full(shape, 2.0**args.input_exponent)
     times = []
     for _ in range(args.repeats):
