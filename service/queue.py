@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from service.settings import Settings
+from service.stores.private import private_dir
 
 PRUNE_TASK = "synflow.prune"
 
@@ -34,7 +35,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.embedded:
         folder = settings.broker_path
         for sub in ("queue", "control", "processed"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(folder / sub)
         return {
             **reliability,
             "broker_url": "filesystem://",

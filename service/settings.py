@@ -1,7 +1,8 @@
 """Service and worker configuration: one pydantic-settings object, env prefix `SYNFLOW_`.
 
 With nothing set the service runs embedded: a SQLite job store, an artifact folder and a
-filesystem Celery transport, all under `data_dir` (`./var`). Setting `REDIS_URL` (or
+filesystem Celery transport, all under `data_dir` (a per-user state folder outside the checkout:
+`$XDG_STATE_HOME/synflow`, default `~/.local/state/synflow`). Setting `REDIS_URL` (or
 `SYNFLOW_REDIS_URL`) switches to production mode: Redis is the broker, the result backend and
 the job store; artifacts stay in a folder that every API and worker process shares (a volume).
 Every field is documented in the README, section "Configuration".
@@ -39,6 +40,13 @@ SANDBOX_LAYERS = frozenset(
 )  # fmt: skip
 
 
+def default_data_dir() -> Path:
+    """`$XDG_STATE_HOME/synflow` (default `~/.local/state/synflow`): outside any checkout, so the
+    code a job may read and the data of other jobs never share a folder."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "synflow"
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -53,8 +61,9 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Field(
-        Path("var"),
-        description="root for the embedded job store, broker folders, artifacts and scratch",
+        default_factory=default_data_dir,
+        description="root for the embedded job store, broker folders, artifacts and scratch "
+        "(default: $XDG_STATE_HOME/synflow, else ~/.local/state/synflow)",
     )
     artifacts_dir: Path | None = Field(
         None, description="uploads and published artifacts (default: DATA_DIR/artifacts)"
@@ -147,7 +156,25 @@ class Settings(BaseSettings):
     sandbox_uid_base: int = Field(
         61000,
         ge=1000,
-        description="uid (and gid) of job slot 0 when the worker is root; slot N runs as base + N",
+        description="first uid (and gid) of the job slots of a root worker: a job runs as the "
+        "first of base .. base + SANDBOX_UID_SLOTS - 1 that no other job on the host holds",
+    )
+    sandbox_uid_slots: int = Field(
+        64,
+        ge=1,
+        description="uids a root worker may take from base upward; every worker on a host takes "
+        "a free one per job through a lock file in SANDBOX_SLOT_DIR",
+    )
+    sandbox_slot_dir: Path = Field(
+        Path("/run/synflow-slots"),
+        description="host-local folder of the uid slot lock files (one per uid, shared by every "
+        "worker of the host)",
+    )
+    scratch_max_files: int = Field(
+        10_000, ge=16, description="files and folders a job may create in its scratch folder"
+    )
+    scratch_max_bytes: int = Field(
+        32 << 30, ge=1 << 20, description="bytes (allocated) a job may use in its scratch folder"
     )
     sandbox_required_layers: str = Field(
         "",

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import struct
 import subprocess
@@ -32,25 +31,29 @@ from service import lifecycle
 from service.schemas import JobProgress, JobRecord
 from service.settings import Settings
 from service.stores.artifacts import ARTIFACT_FILES
+from service.stores.private import DIR_MODE, private_dir
 from synflow.io.formats import model_file
+from worker import scratch as scratch_folder
 from worker.child import OUTCOME_FILE, PROGRESS_FILE
 from worker.context import WorkerContext
+from worker.redaction import redact
 from worker.sandbox import (
     SandboxedProcess,
     SandboxLimits,
     SandboxPolicy,
     read_scratch_file,
-    slot_identity,
     start,
 )
+from worker.slots import NoFreeSlot, UidSlots
 
 log = logging.getLogger("worker")
 
 MAX_SAFETENSORS_HEADER = 100 << 20
 MAX_CONTROL_FILE = 1 << 20  # progress.json, outcome.json
 MAX_REPORT = 64 << 20
-MAX_MESSAGE = 2000
 CHILD_LOG = "child.log"  # the child's stdout and stderr, together
+#: the job's input as the child sees it: a link in scratch (job.json names no host path)
+INPUT_NAME = "input"
 CODE = re.compile(r"[a-z_]{1,64}")  # an error code from the child, as the engine names them
 
 
@@ -62,25 +65,34 @@ class InvalidOutput(Exception):
 class ChildRun:
     returncode: int | None
     exit: str  # how the child ended, in words
-    stopped: str | None  # canceled | deleted | lost | timeout, or None if it ended by itself
+    #: canceled | deleted | lost | timeout | scratch_limit, or None if it ended by itself
+    stopped: str | None
     outcome: dict[str, Any] | None
     progress: JobProgress | None
+    limit_detail: str | None = None  # what the job overran, when stopped for scratch_limit
 
 
-def worker_slot() -> int:
-    """This pool process's index (0 .. concurrency-1): each slot runs its jobs as its own uid."""
-    from billiard.process import current_process
+def uid_slots(settings: Settings) -> UidSlots:
+    return UidSlots(
+        settings.sandbox_slot_dir, settings.sandbox_uid_base, settings.sandbox_uid_slots
+    )
 
-    return int(getattr(current_process(), "index", 0) or 0)
 
-
-def sandbox_policy(settings: Settings, scratch: Path, input_path: Path) -> SandboxPolicy:
-    uid, gid = slot_identity(worker_slot(), settings.sandbox_uid_base)
+def sandbox_policy(
+    settings: Settings, scratch: Path, input_path: Path, uid: int | None = None
+) -> SandboxPolicy:
+    """The job's sandbox. `uid`: the slot leased for it (worker/slots.py; only a root worker
+    uses it); it reads only its input, and its view hides the service's data folders."""
+    uid = settings.sandbox_uid_base if uid is None else uid
     return SandboxPolicy(
         scratch=scratch,
         uid=uid,
-        gid=gid,
+        gid=uid,
         read_only_paths=(input_path,),
+        granted_files=(input_path,),
+        hidden_paths=tuple(
+            {settings.data_dir.resolve(), settings.artifacts_path, settings.scratch_path}
+        ),
         limits=SandboxLimits(
             memory_bytes=settings.sandbox_memory_bytes,
             cpu_seconds=settings.cpu_seconds,
@@ -123,13 +135,18 @@ def read_progress(scratch: Path) -> JobProgress | None:
         return None
 
 
-def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
+def supervise(
+    record: JobRecord, scratch: Path, ctx: WorkerContext, uid: int | None = None
+) -> ChildRun:
     settings = ctx.settings
+    input_path = ctx.artifacts.input_path(record.id)
+    (scratch / INPUT_NAME).symlink_to(input_path)
+    # paths relative to the child's working folder, scratch: no host path in the spec
     spec = {
         "job_id": record.id,
-        "input": str(ctx.artifacts.input_path(record.id)),
-        "out": str(scratch / "out"),
-        "scratch": str(scratch),
+        "input": INPUT_NAME,
+        "out": "out",
+        "scratch": ".",
         "config": record.config,
         "device": settings.device,
         "precision": settings.precision,
@@ -138,12 +155,12 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
     }
     spec_path = scratch / "job.json"
     spec_path.write_text(json.dumps(spec))
-    proc = launch_child(spec_path, sandbox_policy(settings, scratch, Path(spec["input"])))
+    proc = launch_child(spec_path, sandbox_policy(settings, scratch, input_path, uid))
     log.info("job %s: sandbox layers %s", record.id, ", ".join(proc.layers))
     started = last_beat = time.monotonic()
     beat_every = settings.heartbeat_timeout / 4
     sent: JobProgress | None = None
-    stopped = None
+    stopped = limit_detail = None
     try:
         while True:
             try:
@@ -166,6 +183,11 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
                     stopped = "lost"
                 elif current.cancel_requested:
                     stopped = "canceled"
+                else:
+                    limit_detail = scratch_folder.over_limit(
+                        scratch, settings.scratch_max_files, settings.scratch_max_bytes
+                    )
+                    stopped = "scratch_limit" if limit_detail else None
             if stopped:
                 proc.kill()
                 break
@@ -190,6 +212,7 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
         stopped=stopped,
         outcome=read_json(scratch, OUTCOME_FILE),
         progress=read_progress(scratch),
+        limit_detail=limit_detail,
     )
 
 
@@ -269,18 +292,22 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def crash_problem(run: ChildRun) -> dict[str, Any]:
+def crash_problem(run: ChildRun, places: dict[str, Path] | None = None) -> dict[str, Any]:
+    how = redact(run.exit, places)
     if run.exit.startswith("sandbox setup failed"):  # the host, not the job: fail closed
         return lifecycle.problem(
             "sandbox_unavailable", "Sandbox unavailable",
-            f"the worker could not start the job's sandbox ({run.exit}); the job was not run. "
+            f"the worker could not start the job's sandbox ({how}); the job was not run. "
             "This is a problem of the service's deployment, not of the request", status=503,
         )  # fmt: skip
-    if run.returncode is not None and run.returncode < 0:
-        detail = f"the pruning process was {run.exit}; the model may be too large for this "
+    if run.returncode is not None and run.returncode < 0 and "from outside" in run.exit:
+        detail = f"the pruning process was {how}; the job itself is not known to be at fault: "
+        detail += "submit it again"
+    elif run.returncode is not None and run.returncode < 0:
+        detail = f"the pruning process was {how}; the model may be too large for this "
         detail += "worker, or it crashed the runtime"
     else:
-        detail = f"the pruning process {run.exit} without reporting a result"
+        detail = f"the pruning process {how} without reporting a result"
     return lifecycle.problem("worker_crash", "Pruning process crashed", detail, status=500)
 
 
@@ -294,11 +321,13 @@ def execute(job_id: str, ctx: WorkerContext) -> str | None:
         return None
     run_id = record.run_id
     log.info("job %s: started (attempt %d)", job_id, record.attempts)
-    scratch = settings.scratch_path / f"{job_id}-{run_id}"
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = private_dir(settings.scratch_path) / f"{job_id}-{run_id}"
+    scratch.mkdir(mode=DIR_MODE, exist_ok=True)
     try:
         try:
-            run = supervise(record, scratch, ctx)
+            run = _run_in_slot(record, scratch, ctx)
+            if run is None:
+                return "failed"
             return _conclude(ctx, record, run, scratch)
         except Exception as exc:
             from celery.exceptions import SoftTimeLimitExceeded
@@ -313,7 +342,22 @@ def execute(job_id: str, ctx: WorkerContext) -> str | None:
             lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error)
             return "failed"
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch_folder.discard(scratch)  # in the background: the next job need not wait
+
+
+def _run_in_slot(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun | None:
+    """Supervise the job under a uid no other job on this host holds (a root worker only:
+    otherwise the job keeps the worker's uid and there is nothing to lease)."""
+    settings = ctx.settings
+    if os.geteuid() != 0:
+        return supervise(record, scratch, ctx)
+    try:
+        with uid_slots(settings).lease(timeout=settings.heartbeat_timeout / 2) as uid:
+            return supervise(record, scratch, ctx, uid)
+    except NoFreeSlot as exc:
+        error = lifecycle.problem("no_free_slot", "No free job slot", str(exc), status=503)
+        lifecycle.finish(ctx.jobs, record.id, record.run_id or "", "failed", error=error)
+        return None
 
 
 def _fail_timeout(ctx: WorkerContext, record: JobRecord) -> str:
@@ -340,6 +384,12 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
         return "canceled"
     if run.stopped == "timeout":
         return _fail_timeout(ctx, record)
+    if run.stopped == "scratch_limit":
+        detail = f"{run.limit_detail}; write fewer files, or ask for higher limits"
+        error = lifecycle.problem("scratch_limit", "Scratch limit exceeded", detail)
+        lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error, progress=run.progress)
+        return "failed"
+    places = _places(ctx, scratch)
     outcome = run.outcome
     if outcome is None:
         try:
@@ -347,7 +397,7 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
         except (OSError, ValueError):
             tail = "(no log)"
         log.error("job %s: child ended with %s; log tail:\n%s", job_id, run.returncode, tail)
-        lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=crash_problem(run))
+        lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=crash_problem(run, places))
         return "failed"
     if outcome.get("ok") is not True:
         code, message = outcome.get("code"), outcome.get("message")
@@ -355,13 +405,14 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
             code = "engine_error"
         if not isinstance(message, str) or not message:
             message = "pruning failed without a message"
-        error = lifecycle.problem(code, "Pruning failed", message[:MAX_MESSAGE])
+        error = lifecycle.problem(code, "Pruning failed", redact(message, places))
         lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error, progress=run.progress)
         return "failed"
     try:
         files, report = check_artifacts(scratch, record.input_format)
     except (InvalidOutput, OSError, ValueError, KeyError) as exc:
-        error = lifecycle.problem("invalid_output", "Invalid output", str(exc), status=500)
+        detail = redact(str(exc), places)
+        error = lifecycle.problem("invalid_output", "Invalid output", detail, status=500)
         lifecycle.finish(ctx.jobs, job_id, run_id, "failed", error=error)
         return "failed"
     current = ctx.jobs.get(job_id)
@@ -380,3 +431,15 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
         return None
     log.info("job %s: succeeded", job_id)
     return "succeeded"
+
+
+def _places(ctx: WorkerContext, scratch: Path) -> dict[str, Path]:
+    """Folders named, not spelled out, in what the job's owner reads (worker/redaction.py)."""
+    settings = ctx.settings
+    return {
+        "scratch": scratch,
+        "artifacts": settings.artifacts_path,
+        "scratch-root": settings.scratch_path,
+        "data": settings.data_dir.resolve(),
+        "home": Path.home(),
+    }

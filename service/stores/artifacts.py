@@ -7,6 +7,9 @@ Layout, derived only from server-generated job ids (never from client-supplied n
     <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, the model (named
                                       by the format registry, synflow.io.formats: model.pt,
                                       model.onnx, ...), report.json; appears whole (one rename)
+
+Every file is stored mode 0600 and every folder 0700 (service/stores/private.py): only the
+service's user reads them; a job reads its own input only, through the sandbox's grant.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from service.stores.private import DIR_MODE, private_dir, private_file
 from synflow.io.formats import model_file
 
 ARTIFACT_FILES = {
@@ -42,7 +46,7 @@ class ArtifactStore:
     def __init__(self, root: Path):
         self.root = Path(root)
         for sub in ("uploads", "jobs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(self.root / sub)
 
     def upload_path(self, job_id: str) -> Path:
         return self.root / "uploads" / f"{_checked(job_id)}.partial"
@@ -62,18 +66,23 @@ class ArtifactStore:
     def adopt_upload(self, job_id: str) -> Path:
         """Move a completely received upload to its job's input."""
         target = self.input_path(job_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.upload_path(job_id), target)
+        private_dir(target.parent)
+        upload = self.upload_path(job_id)
+        private_file(upload)
+        os.replace(upload, target)
         return target
 
     def publish(self, job_id: str, source: Path, files: list[str]) -> Path:
         """Copy `files` from `source` into the job's artifacts; all appear at once or none."""
         final = self.artifacts_dir(job_id)
         staging = final.with_name(f".artifacts-{uuid.uuid4().hex}.partial")
-        staging.mkdir(parents=True)
+        private_dir(final.parent)
+        staging.mkdir(mode=DIR_MODE)
+        os.chmod(staging, DIR_MODE)
         try:
             for name in files:
                 shutil.move(source / name, staging / name)
+                private_file(staging / name)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging, final)

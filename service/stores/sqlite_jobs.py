@@ -13,6 +13,7 @@ from pathlib import Path
 
 from service.schemas import JobRecord
 from service.stores import Change
+from service.stores.private import create_private_file, private_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -30,7 +31,8 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 class SqliteJobStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        create_private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
         self._local = threading.local()
         with self._connect() as conn:
             conn.executescript(_SCHEMA)

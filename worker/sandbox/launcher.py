@@ -241,6 +241,7 @@ def _run_init(plan: dict, ns: list[str], drop: bool, uid: int, gid: int, writer:
                 uid,
                 gid,
                 new_proc="pid-namespace" in ns,
+                hidden=plan["hidden"],
             )
             layers.append("private-filesystem-view")
         if "uts-namespace" in ns:

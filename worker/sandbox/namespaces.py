@@ -99,13 +99,19 @@ def _inside(path: str, directory: str) -> bool:
 
 
 def trim_filesystem(
-    read_only: Iterable[str], read_write: Iterable[str], uid: int, gid: int, new_proc: bool
+    read_only: Iterable[str],
+    read_write: Iterable[str],
+    uid: int,
+    gid: int,
+    new_proc: bool,
+    hidden: Iterable[str] = (),
 ) -> None:
-    """Mask private and shared-temporary directories, binding back what the job needs."""
+    """Mask private and shared-temporary directories and `hidden` (the checkout, the service's
+    data), binding back what the job needs."""
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None)
     needed = {os.path.realpath(p): False for p in read_only if os.path.exists(p)}
     needed.update({os.path.realpath(p): True for p in read_write if os.path.exists(p)})
-    masks = {m for m in MASKED if os.path.isdir(m) and not os.path.islink(m)}
+    masks = {m for m in (*MASKED, *hidden) if os.path.isdir(m) and not os.path.islink(m)}
     masks.update(a for p in needed if (a := hidden_ancestor(p, uid, gid)))
     # a needed directory that contains a mask keeps its whole content: no mask there
     masks = {m for m in masks if not any(_inside(m, p) for p in needed)}

@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-#: the repository root: the job imports the project's packages from here
+#: the folder holding the project's packages: a checkout, or site-packages once installed
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: the only packages of the project a job imports (read only); the rest of a checkout (data,
+#: dotfiles such as .env and .git, other code) stays out of the job's reach
+CODE_PACKAGES = ("synflow", "worker")
+#: folder in scratch whose links to CODE_PACKAGES are the job's PYTHONPATH
+CODE_VIEW = ".code"
 
 #: the first job slot's uid and gid; slot N runs as DEFAULT_JOB_UID + N (see `slot_identity`)
 DEFAULT_JOB_UID = 61000
@@ -62,8 +67,15 @@ class SandboxPolicy:
     #: the job's only writable directory; made the job's own (chown) and its cwd, HOME and TMPDIR
     scratch: Path
     limits: SandboxLimits = field(default_factory=SandboxLimits)
-    #: inputs the job may read besides the interpreter, the project and system libraries
+    #: inputs the job may read besides the interpreter, the project's code and system libraries
     read_only_paths: tuple[Path, ...] = ()
+    #: files of `read_only_paths` the service keeps private (mode 0600): a root worker makes
+    #: them readable by the job's gid (0640) for the job's duration only
+    granted_files: tuple[Path, ...] = ()
+    #: folders the job's filesystem view replaces with an empty one (what the job needs inside
+    #: is bound back): the service's data, artifacts and scratch roots. The checkout around the
+    #: project's code is always hidden.
+    hidden_paths: tuple[Path, ...] = ()
     #: identity of the job when the worker is root: give each concurrent job slot its own uid,
     #: because RLIMIT_NPROC counts all processes of a uid system-wide, and because starting a
     #: job first kills every process of its uid (leftovers of a worker that died)
@@ -96,13 +108,24 @@ def slot_identity(slot: int, base: int = DEFAULT_JOB_UID) -> tuple[int, int]:
     return base + slot, base + slot
 
 
-def python_read_only_paths() -> list[str]:
-    """The interpreter, its standard library, the venv, site-packages and the project.
+def is_checkout(root: Path = PROJECT_ROOT) -> bool:
+    """Whether the project runs from a source tree (not from an installed site-packages)."""
+    return root.name not in ("site-packages", "dist-packages")
 
-    Other sys.path entries (e.g. the worker's current directory, which `python -m` puts there)
-    are left out: pass them in `read_only_paths` if the job needs them.
+
+def code_paths() -> list[str]:
+    """The project's packages a job imports: the only part of a checkout it may read."""
+    return [str(PROJECT_ROOT / name) for name in CODE_PACKAGES]
+
+
+def python_read_only_paths() -> list[str]:
+    """The interpreter, its standard library, the venv and site-packages (not the checkout).
+
+    Other sys.path entries (e.g. the worker's current directory or a checkout on PYTHONPATH)
+    are left out: the project's own packages are `code_paths()`; pass anything else the job
+    needs in `read_only_paths`.
     """
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(PROJECT_ROOT)}
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
     paths = set(prefixes)
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
     for entry in sys.path:
@@ -131,7 +154,7 @@ def job_environment(policy: SandboxPolicy) -> dict[str, str]:
     bin_dir = os.path.dirname(sys.executable)
     env.update(
         PATH=f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
-        PYTHONPATH=str(PROJECT_ROOT),
+        PYTHONPATH=str(Path(policy.scratch) / CODE_VIEW),
         HOME=str(policy.scratch),
         TMPDIR=str(policy.scratch),
         PYTHONDONTWRITEBYTECODE="1",

@@ -18,16 +18,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import syscall_filter
 from .launcher import SETUP_FAILED
 from .policy import (
+    CODE_PACKAGES,
+    CODE_VIEW,
     PROJECT_ROOT,
     SYSTEM_READ_ONLY,
     SandboxPolicy,
+    code_paths,
     device_paths,
+    is_checkout,
     job_environment,
     python_read_only_paths,
 )
@@ -56,9 +60,17 @@ class SandboxedProcess:
     """A running (or finished) sandboxed job. Create with `start`."""
 
     def __init__(
-        self, launcher: subprocess.Popen, policy: SandboxPolicy, control: Path, start_wall: float
+        self,
+        launcher: subprocess.Popen,
+        policy: SandboxPolicy,
+        control: Path,
+        start_wall: float,
+        grants: list[_Grant] | None = None,
     ):
         self._launcher = launcher
+        self._grants = grants or []
+        self._oom_kills_before = oom_kills()
+        self._oom_kills_after: int | None = None
         self._start_wall = start_wall
         self.policy = policy
         self.control = control
@@ -172,7 +184,10 @@ class SandboxedProcess:
                 signal.SIGSEGV: " (segmentation fault)",
                 signal.SIGBUS: " (bus error)",
                 # not sent by the sandbox (that would be the wall clock or a cancel, above)
-                signal.SIGKILL: " (out of memory? a container or cgroup memory limit)",
+                signal.SIGKILL: " (the kernel's or the container's out-of-memory killer)"
+                if self._oom_killed()
+                else " (from outside the sandbox: none of its limits, and no out-of-memory "
+                "kill on this host meanwhile)",
             }
             return f"killed by {name}{detail.get(sig, '')}"
         if code == 0:
@@ -186,6 +201,11 @@ class SandboxedProcess:
             return b""
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _oom_killed(self) -> bool:
+        """Evidence of an OOM kill while the job ran: the host's or our cgroup's counter grew."""
+        after = self._oom_kills_after if self._oom_kills_after is not None else oom_kills()
+        return after > self._oom_kills_before
 
     def _looks_out_of_memory(self) -> bool:
         tail = self.stderr_tail()
@@ -214,6 +234,10 @@ class SandboxedProcess:
     def _finish(self) -> None:
         if self._exit is not None:
             return
+        self._oom_kills_after = oom_kills()
+        for grant in self._grants:
+            grant.revoke()
+        self._grants = []
         self._wait_started(timeout=0)
         try:
             self._exit = json.loads((self.control / "exit.json").read_text())
@@ -237,13 +261,22 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
     scratch = Path(policy.scratch).resolve()
     if not scratch.is_dir():
         raise SandboxError(f"scratch directory {scratch} does not exist")
+    policy = replace(policy, scratch=scratch)
+    _make_code_view(scratch)
     env = job_environment(policy)
     executable = shutil.which(argv[0], path=env["PATH"]) if "/" not in argv[0] else argv[0]
     if not executable:
         raise SandboxError(f"{argv[0]} not found on the sandbox's PATH")
     read_only = sorted(
-        {*SYSTEM_READ_ONLY, *python_read_only_paths(), *map(str, policy.read_only_paths)}
+        {
+            *SYSTEM_READ_ONLY,
+            *python_read_only_paths(),
+            *code_paths(),
+            *map(str, policy.read_only_paths),
+        }
     )
+    hidden = [str(PROJECT_ROOT)] if is_checkout() else []
+    hidden += [str(Path(p).resolve()) for p in policy.hidden_paths]
     try:
         seccomp_bpf, seccomp_error = syscall_filter.compile_filter().hex(), None
     except OSError as e:
@@ -255,6 +288,7 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
         "env": env,
         "scratch": str(scratch),
         "read_only": [p for p in read_only if os.path.exists(p)],
+        "hidden": [p for p in hidden if os.path.isdir(p)],
         "devices": device_paths(),
         "seccomp_bpf": seccomp_bpf,
         "seccomp_error": seccomp_error,
@@ -270,6 +304,9 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
         "parent_pid": os.getpid(),
     }
     (control / "plan.json").write_text(json.dumps(plan))
+    grants = []
+    if os.geteuid() == 0 and policy.drop_privileges:
+        grants = [_Grant(Path(f), policy.gid) for f in policy.granted_files]
     start_wall = time.time()
     with open(control / "launcher.log", "wb") as log:
         launcher = subprocess.Popen(
@@ -283,7 +320,58 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
             start_new_session=True,
             close_fds=True,
         )
-    return SandboxedProcess(launcher, policy, control, start_wall)
+    return SandboxedProcess(launcher, policy, control, start_wall, grants)
+
+
+def _make_code_view(scratch: Path) -> None:
+    """scratch/.code: one link per package of CODE_PACKAGES, the job's PYTHONPATH, so the job
+    imports the project's code without being able to list or read the rest of a checkout."""
+    view = scratch / CODE_VIEW
+    view.mkdir(exist_ok=True)
+    for name in CODE_PACKAGES:
+        link = view / name
+        if not link.is_symlink():
+            link.symlink_to(PROJECT_ROOT / name, target_is_directory=True)
+
+
+class _Grant:
+    """Group read on one private file for the job's gid, undone when the job ends."""
+
+    def __init__(self, path: Path, gid: int):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise SandboxError(f"{path.name}: only regular files can be granted to a job")
+        self._fd, self._gid, self._mode = fd, st.st_gid, stat.S_IMODE(st.st_mode)
+        os.fchown(fd, -1, gid)
+        os.fchmod(fd, (self._mode & 0o700) | stat.S_IRGRP)
+
+    def revoke(self) -> None:
+        try:
+            os.fchown(self._fd, -1, self._gid)
+            os.fchmod(self._fd, self._mode)
+        except OSError:
+            pass  # the file was deleted meanwhile (the job was)
+        finally:
+            os.close(self._fd)
+
+
+def oom_kills() -> int:
+    """OOM kills so far on this host plus in our cgroup (cgroup v2 memory.events)."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError), open("/proc/vmstat", "rb") as f:
+        for line in f:
+            if line.startswith(b"oom_kill "):
+                total += int(line.split()[1])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/cgroup", "rb") as f:
+            path = f.read().split(b"\n")[0].split(b":", 2)[2].decode().strip()
+        with open(f"/sys/fs/cgroup{path}/memory.events", "rb") as f:
+            for line in f:
+                if line.startswith(b"oom_kill "):
+                    total += int(line.split()[1])
+    return total
 
 
 def read_scratch_file(
