@@ -23,6 +23,7 @@ from service.uploads import MODEL_PART, receive_prune_form
 from synflow.config import PruneConfig
 from synflow.errors import SynflowError
 from synflow.io.formats import TORCHSCRIPT, detect_format
+from synflow.io.limits import ArchiveLimits
 
 log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
@@ -114,7 +115,10 @@ async def submit(
             )  # fmt: skip
         config = parse_config(form.fields)
         try:
-            fmt = await run_in_threadpool(detect_format, upload)
+            # the directory only (bounded reads, nothing inflated), against the operator's
+            # limits; inflation happens in the sandboxed child
+            limits = ArchiveLimits(**settings.input_limits()["archive"])
+            fmt = await run_in_threadpool(detect_format, upload, limits, inflate=False)
         except SynflowError as exc:
             raise ProblemError(422, exc.code, "Invalid model", exc.message) from exc
         if fmt == TORCHSCRIPT and config.input_shape is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from synflow.errors import InvalidModelError
 from synflow.io.archive import inspect_zip
 from synflow.io.limits import ArchiveLimits
+from synflow.io.zipcheck import member_names
 
 TORCHSCRIPT = "torchscript"
 ONNX = "onnx"
@@ -24,8 +25,8 @@ _ONNX_FIRST_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x3A, 0x42}
 _PICKLE_PROTOCOL_OP = 0x80
 
 
-def _zip_kind(path: Path, limits: ArchiveLimits | None) -> str:
-    names = inspect_zip(path, limits)
+def _zip_kind(path: Path, limits: ArchiveLimits | None, inflate: bool) -> str:
+    names = inspect_zip(path, limits) if inflate else member_names(path, limits)
     if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
         return TORCHSCRIPT
     if any(n.endswith("/data.pkl") for n in names):
@@ -47,11 +48,14 @@ def _zip_kind(path: Path, limits: ArchiveLimits | None) -> str:
     )
 
 
-def detect_format(path: str | Path, archive_limits: ArchiveLimits | None = None) -> str:
+def detect_format(
+    path: str | Path, archive_limits: ArchiveLimits | None = None, *, inflate: bool = True
+) -> str:
     """Return "torchscript" or "onnx", or raise InvalidModelError saying what the file is.
 
     Zip archives are inspected against `archive_limits` (see `synflow.io.archive`) here, so no
-    loader ever opens one that failed.
+    loader ever opens one that failed. `inflate=False` (the API) reads only the zip's directory
+    (`synflow.io.zipcheck`): cheap and bounded, nothing inflated; the sandboxed child inflates.
     """
     path = Path(path)
     with path.open("rb") as fh:
@@ -59,7 +63,7 @@ def detect_format(path: str | Path, archive_limits: ArchiveLimits | None = None)
     if not head:
         raise InvalidModelError("the model file is empty")
     if head.startswith(_ZIP_MAGIC):
-        return _zip_kind(path, archive_limits)
+        return _zip_kind(path, archive_limits, inflate)
     if head[0] == _PICKLE_PROTOCOL_OP:
         raise InvalidModelError(
             "this is a Python pickle (e.g. a legacy torch.save file), which is never loaded "
