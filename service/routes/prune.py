@@ -20,6 +20,7 @@ from service.schemas import JobOut, JobRecord, utcnow
 from service.uploads import MODEL_PART, receive_prune_form
 
 # torch-free parts of the engine: the request model, and format detection by content
+from synflow import boundedjson
 from synflow.config import PruneConfig
 from synflow.errors import SynflowError
 from synflow.io.formats import TORCHSCRIPT, detect_format
@@ -61,12 +62,14 @@ def parse_config(fields: dict[str, str]) -> PruneConfig:
                 f"both (also got: {', '.join(others)})",
             )
         try:
-            data = json.loads(fields[CONFIG_PART])
+            data = boundedjson.loads(fields[CONFIG_PART], "the `config` part")
         except json.JSONDecodeError as exc:
             raise ProblemError(
                 422, "invalid_request", "Invalid prune request",
                 f"the `config` part is not valid JSON ({exc.msg} at position {exc.pos})",
             ) from exc  # fmt: skip
+        except ValueError as exc:  # too deeply nested, or an integer too long to read
+            raise ProblemError(422, "invalid_request", "Invalid prune request", str(exc)) from exc
         if not isinstance(data, dict):
             raise ProblemError(
                 422, "invalid_request", "Invalid prune request",

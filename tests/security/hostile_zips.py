@@ -54,14 +54,24 @@ class Member:
     crc: int | None = None  # declared CRC; None: crc32(data)
 
 
+def _sizes(m: Member, size: int) -> tuple[int, bytes]:
+    """The 32-bit size field and the zip64 extra field that carries a size past 4 GiB."""
+    if size < 0xFFFFFFFF:
+        return size, b""
+    return 0xFFFFFFFF, struct.pack("<HHQ", 0x0001, 8, size)
+
+
 def _local(m: Member, name: bytes, size: int, crc: int) -> bytes:
-    return struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0x800, m.method, 0, 0x21, crc,
-                       len(m.data), size, len(name), 0) + name  # fmt: skip
+    small, extra = _sizes(m, size)
+    return struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0x800, m.method, 0, 0x21, crc,
+                       len(m.data), small, len(name), len(extra)) + name + extra  # fmt: skip
 
 
 def _central(m: Member, name: bytes, size: int, crc: int, offset: int) -> bytes:
-    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0x800, m.method, 0, 0x21,
-                       crc, len(m.data), size, len(name), 0, 0, 0, 0, 0, offset) + name  # fmt: skip
+    small, extra = _sizes(m, size)
+    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0x800, m.method, 0, 0x21,
+                       crc, len(m.data), small, len(name), len(extra), 0, 0, 0, 0,
+                       offset) + name + extra  # fmt: skip
 
 
 def _end(count: int, size: int, offset: int) -> bytes:
@@ -126,17 +136,20 @@ def _zip64_end(count: int, size: int, offset: int) -> bytes:
 
 
 def many_entries(path: Path, count: int, declared: int | None = None) -> Path:
-    """A zip that is only a central directory of `count` one-letter entries (no member data,
-    47 bytes an entry), its zip64 end record declaring `declared` entries (default: the truth).
-    Python's zipfile reads such a directory whole before it counts it."""
-    record = _central(Member("a", b""), b"a", 0, 0, 0)
+    """A zip of one empty member and a central directory of `count` one-letter entries that
+    all point to it (47 bytes an entry), its zip64 end record declaring `declared` entries
+    (default: the truth). Python's zipfile reads such a directory whole before it counts it."""
+    empty = Member("a", b"")
+    record = _central(empty, b"a", 0, 0, 0)
     block = record * 20_000
     with path.open("wb") as fh:
+        fh.write(_local(empty, b"a", 0, 0))
+        start = fh.tell()
         written = 0
         while written < count:
             n = min(20_000, count - written)
             fh.write(block if n == 20_000 else record * n)
             written += n
-        size = fh.tell()
-        fh.write(_zip64_end(count if declared is None else declared, size, 0))
+        size = fh.tell() - start
+        fh.write(_zip64_end(count if declared is None else declared, size, start))
     return path
