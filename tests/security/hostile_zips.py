@@ -128,6 +128,19 @@ def deflate_bomb(path: Path, model: Path, compressed_mib: int = 8, honest: bool 
     return write_zip(path, [*torchscript_members(model), bomb])
 
 
+def lying_code(path: Path, model: Path, size: int) -> Path:
+    """A TorchScript archive plus a code member of `size` bytes of hex text (deflates only
+    about 2x, so no ratio check fires) that declares 1 KiB."""
+    import os
+
+    text = os.urandom(size // 2).hex().encode()
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = deflater.compress(text) + deflater.flush()
+    root = torchscript_members(model)[0].name.split("/")[0]
+    liar = Member(f"{root}/code/__torch__/big.py", data, zipfile.ZIP_DEFLATED, 1024)
+    return write_zip(path, [*torchscript_members(model), liar])
+
+
 def _zip64_end(count: int, size: int, offset: int) -> bytes:
     """zip64 end record + locator + a classic end record that points to them."""
     record = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, size, offset)

@@ -44,6 +44,9 @@ IDLE_TIMEOUT = 2.0
 KEEPALIVE_TIMEOUT = 1.0
 MAX_HEADERS = 50
 ENTRIES = 8_000_000
+#: the operator's archive limits, set low: the API's check and the child's both apply them
+MAX_MEMBERS = 30
+MAX_CODE_BYTES = 2 * MiB
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -98,6 +101,14 @@ def files(tmp_path_factory):
         "bomb": hostile_zips.deflate_bomb(root / "bomb.pt", model, compressed_mib=8),
         "liar": hostile_zips.deflate_bomb(root / "liar.pt", model, 8, honest=False),
         "entries": hostile_zips.many_entries(root / "entries.zip", ENTRIES),
+        "members": hostile_zips.write_zip(
+            root / "members.pt",
+            [
+                *hostile_zips.torchscript_members(model),
+                *(hostile_zips.Member(f"model/extra/{i}", b"x") for i in range(MAX_MEMBERS)),
+            ],
+        ),
+        "code": hostile_zips.lying_code(root / "code.pt", model, 3 * MiB),
     }
     print(f"\nhostile files built in {time.perf_counter() - started:.1f} s")
     return out
@@ -111,6 +122,8 @@ def service(request, tmp_path_factory):
         "http_idle_timeout": str(IDLE_TIMEOUT),
         "http_keepalive_timeout": str(KEEPALIVE_TIMEOUT),
         "http_max_headers": str(MAX_HEADERS),
+        "archive_max_members": str(MAX_MEMBERS),
+        "archive_max_code_bytes": str(MAX_CODE_BYTES),
     }
     redis = redis_settings() if request.param == "production" else {}
     env = base_env(tmp_path_factory.mktemp("data"), **limits, **redis)
@@ -159,7 +172,7 @@ def test_garbage_bzip2_member(service, files):
 
 def test_eight_million_directory_entries(service, files):
     response, usage = refuse(service, files["entries"])
-    assert_problem(response, 422, f"{ENTRIES} members, more than the limit of 20000")
+    assert_problem(response, 422, f"{ENTRIES} members, more than the limit of {MAX_MEMBERS}")
     assert usage.growth_mib < RSS_GROWTH_MIB
     # the upload itself (376 MB streamed to disk) is most of the time; parsing was 107 s
     assert usage.cpu_used < 30
@@ -182,6 +195,22 @@ def test_deflate_bomb_with_lying_sizes_costs_the_api_nothing(service, files):
         assert job["status"] == "failed", job
         assert "zip bomb" in job["error"]["detail"], job["error"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_the_operators_limits_apply_in_the_api(service, files):
+    response, _ = refuse(service, files["members"])
+    assert_problem(response, 422, f"more than the limit of {MAX_MEMBERS}")
+
+
+def test_the_operators_limits_apply_in_the_child(service, files):
+    """A code member that claims 1 KiB: the API cannot know; the child inflates it and stops
+    at the operator's code limit."""
+    response, _ = refuse(service, files["code"])
+    assert response.status_code == 202, response.text
+    with client_for(service["url"]) as client:
+        job = wait_status(client, response.json()["id"], timeout=180)
+    assert job["status"] == "failed", job
+    assert "more than 2 MiB of TorchScript code" in job["error"]["detail"], job["error"]
 
 
 # --- request heads and timeouts ------------------------------------------------------------------
