@@ -33,11 +33,12 @@ _DETAILS = {
 
 
 class _BoundedConnection(h11.Connection):
-    """h11's connection with a cap on the number of header fields; remembers the status hint of
-    the last protocol error so that the response can say 431 where h11 means it."""
+    """h11's connection with caps on the head's size and number of fields; remembers the status
+    hint of the last protocol error so that the response can say 431 where h11 means it."""
 
     def __init__(self, max_header_bytes: int, max_headers: int):
         super().__init__(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.error_status = 400
 
@@ -47,9 +48,14 @@ class _BoundedConnection(h11.Connection):
         except h11.RemoteProtocolError as exc:
             self.error_status = exc.error_status_hint
             raise
-        if isinstance(event, h11.Request) and len(event.headers) > self.max_headers:
-            self.error_status = 431
-            raise h11.RemoteProtocolError("too many header fields", error_status_hint=431)
+        if isinstance(event, h11.Request):
+            # h11 caps only a head that is still incomplete; one that arrived whole in a single
+            # read (up to 256 KiB) is measured here
+            size = len(event.method) + len(event.target) + 12
+            size += sum(len(name) + len(value) + 4 for name, value in event.headers)
+            if len(event.headers) > self.max_headers or size > self.max_header_bytes:
+                self.error_status = 431
+                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         return event
 
 
