@@ -99,6 +99,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.server import uvicorn_options
 
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
     try:
@@ -110,8 +111,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)  # fails here, before any worker starts, on a bad setting
     worker = EmbeddedWorker(settings) if settings.embedded else None
     try:
-        level = settings.log_level.lower()
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=level)
+        uvicorn.run(app, **uvicorn_options(settings))  # bounded requests (service/server.py)
     finally:
         if worker is not None:
             worker.stop()

@@ -102,6 +102,21 @@ class Settings(BaseSettings):
         10, ge=1, description="`POST /prune` requests a key may send at once before the limit"
     )
     page_size_max: int = Field(100, ge=1, description="largest page `GET /jobs` returns")
+    http_max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest request head (request line + headers); larger: 431"
+    )
+    http_max_headers: int = Field(
+        100, ge=8, description="most header fields in one request; more: 431"
+    )
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="seconds a client has to send a whole request head"
+    )
+    http_idle_timeout: float = Field(
+        30.0, gt=0, description="seconds a request (head or body) may stall before it is closed"
+    )
+    http_keepalive_timeout: float = Field(
+        5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+    )
 
     # --- worker --------------------------------------------------------------------------------
     device: str = Field(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from synflow import boundedjson
 from synflow.scorers.registry import SCORERS, scorer_spec
 
 Schedule = Literal["exponential", "linear"]
@@ -33,9 +34,11 @@ def parse_shape(value: Any) -> tuple[int, ...] | None:
         text = value.strip()
         if text.startswith("["):
             try:
-                value = json.loads(text)
+                value = boundedjson.loads(text, "input_shape")
             except json.JSONDecodeError as exc:
-                raise ValueError(f"input_shape {text!r} is not a JSON list of integers") from exc
+                raise ValueError(
+                    f"input_shape {text[:80]!r} is not a JSON list of integers"
+                ) from exc
         else:
             if not _SHAPE_TEXT.fullmatch(text):
                 raise ValueError(
@@ -104,7 +107,7 @@ class PruneConfig(BaseModel):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                return json.loads(text)
+                return boundedjson.loads(text, "exclude")
             return [p.strip() for p in text.split(",") if p.strip()]
         return value
 

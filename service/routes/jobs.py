@@ -23,6 +23,7 @@ from service.stores.artifacts import artifact_file
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MEDIA_TYPES = {"report": "application/json"}
+MAX_CURSOR_DIGITS = 18  # a job's sequence number is below 2**62
 
 
 @router.get(
@@ -41,7 +42,8 @@ def list_jobs(
     limit = min(limit, settings.page_size_max)
     before = None
     if cursor:
-        if not cursor.isdigit():
+        # ASCII digits only ("²".isdigit() is true), and within the stores' 63-bit range
+        if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= MAX_CURSOR_DIGITS):
             raise ProblemError(
                 422, "invalid_cursor", "Invalid cursor",
                 "cursor must be the `next_cursor` value of a previous page",

@@ -20,6 +20,7 @@ from service.schemas import JobOut, JobRecord, utcnow
 from service.uploads import MODEL_PART, receive_prune_form
 
 # torch-free parts of the engine: the request model, and format detection by content
+from synflow import boundedjson
 from synflow.config import PruneConfig
 from synflow.errors import SynflowError
 from synflow.io.formats import detect_format, format_spec
@@ -60,12 +61,14 @@ def parse_config(fields: dict[str, str]) -> PruneConfig:
                 f"both (also got: {', '.join(others)})",
             )
         try:
-            data = json.loads(fields[CONFIG_PART])
+            data = boundedjson.loads(fields[CONFIG_PART], "the `config` part")
         except json.JSONDecodeError as exc:
             raise ProblemError(
                 422, "invalid_request", "Invalid prune request",
                 f"the `config` part is not valid JSON ({exc.msg} at position {exc.pos})",
             ) from exc  # fmt: skip
+        except ValueError as exc:  # too deeply nested, or an integer too long to read
+            raise ProblemError(422, "invalid_request", "Invalid prune request", str(exc)) from exc
         if not isinstance(data, dict):
             raise ProblemError(
                 422, "invalid_request", "Invalid prune request",
@@ -114,6 +117,8 @@ async def submit(
             )  # fmt: skip
         config = parse_config(form.fields)
         try:
+            # the directory only (bounded reads, nothing inflated), against the operator's
+            # limits; inflation happens in the sandboxed child
             fmt = await run_in_threadpool(detect_format, upload, settings.input_limits().archive)
         except SynflowError as exc:
             raise ProblemError(422, exc.code, "Invalid model", exc.message) from exc

@@ -8,12 +8,12 @@ Each sniffer answers one question, "is this format X?", for the format registry
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from synflow.errors import InvalidModelError
 from synflow.io.limits import ArchiveLimits
+from synflow.io.zipcheck import member_names
 
 ZIP_MAGIC = b"PK\x03\x04"
 #: ModelProto field tags that an exporter writes first: ir_version (1, varint) or
@@ -42,21 +42,10 @@ class Sample:
 
 
 def central_directory_names(path: str | Path, limits: ArchiveLimits) -> list[str]:
-    """Member names as the zip's central directory lists them; no member is read or inflated
-    (the loaders run `synflow.io.archive.inspect_zip` before they open any)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise InvalidModelError(
-            f"the file starts like a zip archive but cannot be read as one ({exc}); "
-            "is it truncated? Upload the complete file"
-        ) from exc
-    if len(names) > limits.max_members:
-        raise InvalidModelError(
-            f"the archive has {len(names)} members, more than the limit of {limits.max_members}"
-        )
-    return names
+    """Member names as the zip's central directory lists them, after the cheap bounded checks of
+    `synflow.io.zipcheck` (entry cap before parsing, declared sizes, methods); no member is read
+    or inflated (the loaders run `synflow.io.archive.inspect_zip` before they open any)."""
+    return member_names(path, limits)
 
 
 # --- one sniffer per format (registry entries name them) --------------------------------------
