@@ -64,7 +64,7 @@ class PrunableTensor:
 
 @dataclass
 class LoadedModel:
-    format: str  # "torchscript" | "onnx"
+    format: str  # "torchscript" | "pt2" | "onnx"
     module: torch.nn.Module
     source: Path
     input_shape: tuple[int, ...] | None = None  # the file's own, when it states one
@@ -77,7 +77,7 @@ class LoadedModel:
 
     @property
     def suffix(self) -> str:
-        return {"torchscript": ".pt", "onnx": ".onnx"}.get(self.format, ".bin")
+        return {"torchscript": ".pt", "pt2": ".pt2", "onnx": ".onnx"}.get(self.format, ".bin")
 
     def key_of(self, param_name: str) -> str:
         return self.keys.get(param_name, param_name)

@@ -5,7 +5,7 @@ temporary name renamed into place once complete, so a reader never sees half a f
 
 - `masks.safetensors`   one bool tensor per pruned parameter, True = kept
 - `weights.safetensors` every tensor of the model's state, pruned entries zero
-- `model.pt|.onnx`      the pruned model in its own format
+- `model.pt|.pt2|.onnx` the pruned model in its own format
 - `report.json`         per-layer table, totals, FLOPs, warnings, settings, timings
 """
 
@@ -35,7 +35,7 @@ REPORT = "report.json"
 
 
 def model_filename(fmt: str) -> str:
-    return "model.onnx" if fmt == "onnx" else "model.pt"
+    return {"onnx": "model.onnx", "pt2": "model.pt2"}.get(fmt, "model.pt")
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -49,7 +49,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:
     """The model's tensors under their published keys, as independent contiguous CPU copies."""
-    if model.format == "torchscript":
+    if model.format in ("torchscript", "pt2"):
         state = model.module.state_dict()
     else:
         state = {model.key_of(n): p for n, p in model.module.named_parameters()}

@@ -4,7 +4,7 @@ Layout, derived only from server-generated job ids (never from client-supplied n
 
     <root>/uploads/<id>.partial       an upload being received
     <root>/jobs/<id>/input            the uploaded model
-    <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, model.pt|.onnx,
+    <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, model.pt|.pt2|.onnx,
                                       report.json; appears whole (one directory rename)
 """
 
@@ -25,7 +25,7 @@ ARTIFACT_FILES = {
 
 
 def model_file(fmt: str) -> str:
-    return "model.onnx" if fmt == "onnx" else "model.pt"
+    return {"onnx": "model.onnx", "pt2": "model.pt2"}.get(fmt, "model.pt")
 
 
 def artifact_file(name: str, fmt: str) -> str:

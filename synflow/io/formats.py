@@ -1,6 +1,7 @@
 """Detect a model file's format from its content, never from its name.
 
-TorchScript archives are zip files with a `code/` tree and `constants.pkl`; a plain
+TorchScript archives are zip files with a `code/` tree and `constants.pkl`; torch.export programs
+(`.pt2`) are zip files with `archive_format` and `models/*.json` under one root folder; a plain
 `torch.save(model)` pickle is also a zip (or a legacy pickle) but has neither, and is refused
 without ever being unpickled. ONNX files are protobuf `ModelProto` messages, recognised by their
 leading field tags.
@@ -13,9 +14,11 @@ from pathlib import Path
 from synflow.errors import InvalidModelError
 from synflow.io.archive import inspect_zip
 from synflow.io.limits import ArchiveLimits
+from synflow.io.pt2_archive import pt2_root
 
 TORCHSCRIPT = "torchscript"
 ONNX = "onnx"
+PT2 = "pt2"
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # ModelProto field tags that an exporter writes first: ir_version (1, varint) or
@@ -34,21 +37,17 @@ def _zip_kind(path: Path, limits: ArchiveLimits | None) -> str:
             "code and are never loaded. Export the model with torch.jit.script(model) or "
             "torch.jit.trace(model, example) and save it with torch.jit.save(), or export ONNX"
         )
-    if any(n.endswith("archive_format") or "/models/" in n for n in names):
-        raise InvalidModelError(
-            "this is a torch.export (.pt2) archive, which is not accepted: torch.export.load "
-            "unpickles parts of it, and PyTorch says never to load one from an untrusted "
-            "source. Convert the program to ONNX instead: torch.onnx.export(model, args, "
-            "path, dynamo=True, external_data=False)"
-        )
+    if pt2_root(names) is not None:
+        return PT2
     raise InvalidModelError(
-        "the zip archive is not a TorchScript model (no code/ or constants.pkl inside); "
-        "save the model with torch.jit.save()"
+        "the zip archive is neither a TorchScript model (no code/ or constants.pkl inside) nor a "
+        "torch.export program (no archive_format or models/*.json); save the model with "
+        "torch.jit.save() or torch.export.save()"
     )
 
 
 def detect_format(path: str | Path, archive_limits: ArchiveLimits | None = None) -> str:
-    """Return "torchscript" or "onnx", or raise InvalidModelError saying what the file is.
+    """Return "torchscript", "pt2" or "onnx", or raise InvalidModelError saying what the file is.
 
     Zip archives are inspected against `archive_limits` (see `synflow.io.archive`) here, so no
     loader ever opens one that failed.
@@ -68,6 +67,6 @@ def detect_format(path: str | Path, archive_limits: ArchiveLimits | None = None)
     if head[0] in _ONNX_FIRST_TAGS:
         return ONNX
     raise InvalidModelError(
-        "unrecognised model file: expected a TorchScript archive (torch.jit.save) or an ONNX "
-        "model (.onnx)"
+        "unrecognised model file: expected a TorchScript archive (torch.jit.save), a torch.export "
+        "program (torch.export.save, .pt2) or an ONNX model (.onnx)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synflow.errors import InvalidModelError
-from synflow.io.formats import ONNX, TORCHSCRIPT, detect_format
+from synflow.io.formats import ONNX, PT2, TORCHSCRIPT, detect_format
 from synflow.io.limits import InputLimits
 from synflow.model import LoadedModel
 
@@ -21,6 +21,10 @@ def load_model(path: str | Path, limits: InputLimits | None = None) -> LoadedMod
         from synflow.io.torchscript import read_torchscript
 
         return read_torchscript(path)
+    if fmt == PT2:
+        from synflow.io.pt2 import read_pt2
+
+        return read_pt2(path, limits.archive)
     if fmt == ONNX:
         from synflow.io.onnx import load_onnx
 
