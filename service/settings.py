@@ -13,10 +13,12 @@ import hashlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from synflow.io.limits import ArchiveLimits, InputLimits, OnnxLimits
 
 ENV_PREFIX = "SYNFLOW_"
 
@@ -154,25 +156,36 @@ class Settings(BaseSettings):
     )
 
     # --- what an uploaded model may contain, checked before it is loaded -----------------------
-    archive_max_members: int = Field(20_000, gt=0, description="files in a TorchScript zip")
+    # (defaults: synflow.io.limits, the one place they are written down)
+    archive_max_members: int = Field(
+        ArchiveLimits.max_members, gt=0, description="files in a TorchScript zip or ONNX bundle"
+    )
     archive_max_member_bytes: int = Field(
-        8 << 30, gt=0, description="uncompressed size of one file in a TorchScript zip"
+        ArchiveLimits.max_member_bytes, gt=0, description="uncompressed size of one zip member"
     )
     archive_max_total_bytes: int = Field(
-        16 << 30, gt=0, description="uncompressed size of a whole TorchScript zip"
+        ArchiveLimits.max_total_bytes, gt=0, description="uncompressed size of a whole zip"
     )
     archive_max_code_bytes: int = Field(
-        16 << 20, gt=0, description="uncompressed size of a TorchScript zip's code members"
+        ArchiveLimits.max_code_bytes,
+        gt=0,
+        description="uncompressed size of a TorchScript zip's code members",
     )
     archive_max_ratio: float = Field(
-        50.0, gt=1, description="largest compression ratio of a zip member over 1 MiB"
+        ArchiveLimits.max_ratio,
+        gt=1,
+        description="largest compression ratio of a zip member over 1 MiB",
     )
-    onnx_max_nodes: int = Field(50_000, gt=0, description="nodes in an ONNX graph")
-    onnx_max_initializers: int = Field(50_000, gt=0, description="initializers in an ONNX graph")
+    onnx_max_nodes: int = Field(OnnxLimits.max_nodes, gt=0, description="nodes in an ONNX graph")
+    onnx_max_initializers: int = Field(
+        OnnxLimits.max_initializers, gt=0, description="initializers in an ONNX graph"
+    )
     onnx_max_elements: int = Field(
-        1_000_000_000, gt=0, description="declared elements over all ONNX initializers"
+        OnnxLimits.max_elements, gt=0, description="declared elements over all ONNX initializers"
     )
-    onnx_max_rank: int = Field(8, gt=0, description="largest rank of an ONNX tensor")
+    onnx_max_rank: int = Field(
+        OnnxLimits.max_rank, gt=0, description="largest rank of an ONNX tensor"
+    )
 
     @field_validator("api_keys")
     @classmethod
@@ -219,24 +232,24 @@ class Settings(BaseSettings):
             return self.sandbox_cpu_seconds
         return int(self.job_time_limit * (os.cpu_count() or 1)) + 60
 
-    def input_limits(self) -> dict[str, Any]:
-        """`synflow.io.limits.InputLimits` as plain data (the job spec carries it to the child)."""
-        return {
-            "archive": {
-                "max_members": self.archive_max_members,
-                "max_member_bytes": self.archive_max_member_bytes,
-                "max_total_bytes": self.archive_max_total_bytes,
-                "max_code_bytes": self.archive_max_code_bytes,
-                "max_ratio": self.archive_max_ratio,
-            },
-            "onnx": {
-                "max_file_bytes": min(self.max_upload_bytes, 1 << 30),
-                "max_nodes": self.onnx_max_nodes,
-                "max_initializers": self.onnx_max_initializers,
-                "max_elements": self.onnx_max_elements,
-                "max_rank": self.onnx_max_rank,
-            },
-        }
+    def input_limits(self) -> InputLimits:
+        """The bounds on an uploaded model, from these settings (the rest: InputLimits' own)."""
+        return InputLimits(
+            archive=ArchiveLimits(
+                max_members=self.archive_max_members,
+                max_member_bytes=self.archive_max_member_bytes,
+                max_total_bytes=self.archive_max_total_bytes,
+                max_code_bytes=self.archive_max_code_bytes,
+                max_ratio=self.archive_max_ratio,
+            ),
+            onnx=OnnxLimits(
+                max_file_bytes=min(self.max_upload_bytes, OnnxLimits.max_file_bytes),
+                max_nodes=self.onnx_max_nodes,
+                max_initializers=self.onnx_max_initializers,
+                max_elements=self.onnx_max_elements,
+                max_rank=self.onnx_max_rank,
+            ),
+        )
 
     @property
     def embedded(self) -> bool:

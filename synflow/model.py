@@ -12,10 +12,12 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from synflow.errors import NoPrunableParametersError
+from synflow.io.formats import format_spec
 
 #: Layer types whose `weight` is prunable by default, by class name. TorchScript keeps the
 #: eager class name in `original_name`, so the same names serve scripted and traced modules.
@@ -64,28 +66,28 @@ class PrunableTensor:
 
 @dataclass
 class LoadedModel:
-    format: str  # "torchscript" | "pt2" | "onnx"
+    format: str  # a name in the format registry, `synflow.io.formats.FORMATS`
     module: torch.nn.Module
     source: Path
     input_shape: tuple[int, ...] | None = None  # the file's own, when it states one
     #: parameter name -> published key; identity for TorchScript
     keys: dict[str, str] = field(default_factory=dict)
-    #: writes `self.module` (already holding the pruned weights) to a path, in the source format
-    writer: Callable[[LoadedModel, Path], None] | None = None
+    #: what the format's writer needs from the file as it was loaded (ONNX: the uploaded graph
+    #: and its parameters); None where the module alone is enough (TorchScript)
+    origin: Any = None
     #: format-specific prunable-tensor discovery; None = by layer type
     finder: Callable[[LoadedModel, bool, bool], list[PrunableTensor]] | None = None
 
     @property
     def suffix(self) -> str:
-        return {"torchscript": ".pt", "pt2": ".pt2", "onnx": ".onnx"}.get(self.format, ".bin")
+        return format_spec(self.format).suffix
 
     def key_of(self, param_name: str) -> str:
         return self.keys.get(param_name, param_name)
 
-    def save(self, path: Path) -> None:
-        if self.writer is None:
-            raise NotImplementedError(f"no writer for format {self.format}")
-        self.writer(self, path)
+    def save(self, out_dir: Path) -> list[str]:
+        """Write the pruned model into `out_dir` in its own format; the file names written."""
+        return format_spec(self.format).write(self, Path(out_dir))
 
     def prunable(
         self,

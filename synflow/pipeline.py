@@ -5,16 +5,15 @@ temporary name renamed into place once complete, so a reader never sees half a f
 
 - `masks.safetensors`   one bool tensor per pruned parameter, True = kept
 - `weights.safetensors` every tensor of the model's state, pruned entries zero
-- `model.pt|.pt2|.onnx` the pruned model in its own format
+- the pruned model in its own format, named by the format registry (`synflow.io.formats`):
+  `model.pt`, `model.onnx` (plus `model.onnx.data` when the input kept its tensors outside)...
 - `report.json`         per-layer table, totals, FLOPs, warnings, settings, timings
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from safetensors.torch import save_file
 from synflow.config import PruneConfig
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.flops import count_positions
+from synflow.io.atomic import write_atomically
+from synflow.io.formats import model_file
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
@@ -35,16 +36,8 @@ REPORT = "report.json"
 
 
 def model_filename(fmt: str) -> str:
-    return {"onnx": "model.onnx", "pt2": "model.pt2"}.get(fmt, "model.pt")
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """The pruned model's file name for an input of format `fmt` (from the format registry)."""
+    return model_file(fmt)
 
 
 def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:
@@ -71,7 +64,7 @@ def prune_file(
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_path, limits)
+    model = load_model(model_path, limits, workdir=out)
     result = prune(
         model,
         config,
@@ -88,14 +81,16 @@ def prune_file(
         weights = {t.key: named[t.param_name] for t in result.tensors if t.role == "weight"}
         positions = count_positions(model.module, weights, result.input_shape)
 
-    names = {"masks": MASKS, "weights": WEIGHTS, "model": model_filename(model.format)}
     masks = {k: v.contiguous() for k, v in result.masks.items()}
-    _atomic_write(out / MASKS, lambda p: save_file(masks, str(p)))
-    _atomic_write(out / WEIGHTS, lambda p: save_file(published_state(model), str(p)))
-    _atomic_write(out / names["model"], lambda p: model.save(p))
+    write_atomically(out / MASKS, lambda p: save_file(masks, str(p)))
+    write_atomically(out / WEIGHTS, lambda p: save_file(published_state(model), str(p)))
+    model_files = model.save(out)
 
+    names = {"masks": MASKS, "weights": WEIGHTS, "model": model_files[0]}
+    if len(model_files) > 1:
+        names["model_data"] = model_files[1:]
     names["report"] = REPORT
     report = build_report(model, result, positions, time.perf_counter() - started, names)
     text = json.dumps(report, indent=2)
-    _atomic_write(out / REPORT, lambda p: p.write_text(text))
+    write_atomically(out / REPORT, lambda p: p.write_text(text))
     return report

@@ -40,7 +40,7 @@ def build_report(
     result: PruneResult,
     positions: dict[str, int] | None,
     wall_seconds: float,
-    artifacts: dict[str, str],
+    artifacts: dict[str, Any],
 ) -> dict[str, Any]:
     shapes = {t.key: tuple(result.masks[t.key].shape) for t in result.tensors}
     rows = layer_rows(result, shapes, positions or {})

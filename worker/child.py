@@ -40,7 +40,7 @@ def resolve_device(name: str) -> str:
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     from synflow.config import PruneConfig
     from synflow.errors import SynflowError
-    from synflow.io.limits import ArchiveLimits, InputLimits, OnnxLimits
+    from synflow.io.limits import InputLimits
     from synflow.pipeline import prune_file
 
     scratch = Path(spec["scratch"])
@@ -59,11 +59,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         config = PruneConfig.model_validate(fields)
         device = resolve_device(spec["device"])
-        bounds = spec.get("limits") or {}
-        limits = InputLimits(
-            archive=ArchiveLimits(**bounds.get("archive", {})),
-            onnx=OnnxLimits(**bounds.get("onnx", {})),
-        )
+        limits = InputLimits.from_dict(spec.get("limits"))
         prune_file(
             spec["input"],
             config,

@@ -31,7 +31,8 @@ from pydantic import ValidationError
 from service import lifecycle
 from service.schemas import JobProgress, JobRecord
 from service.settings import Settings
-from service.stores.artifacts import ARTIFACT_FILES, model_file
+from service.stores.artifacts import ARTIFACT_FILES
+from synflow.io.formats import model_file
 from worker.child import OUTCOME_FILE, PROGRESS_FILE
 from worker.context import WorkerContext
 from worker.sandbox import (
@@ -132,7 +133,7 @@ def supervise(record: JobRecord, scratch: Path, ctx: WorkerContext) -> ChildRun:
         "config": record.config,
         "device": settings.device,
         "precision": settings.precision,
-        "limits": settings.input_limits(),
+        "limits": settings.input_limits().to_dict(),
         "parent_pid": None,  # the sandbox kills the child when this thread dies
     }
     spec_path = scratch / "job.json"

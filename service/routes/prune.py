@@ -22,7 +22,7 @@ from service.uploads import MODEL_PART, receive_prune_form
 # torch-free parts of the engine: the request model, and format detection by content
 from synflow.config import PruneConfig
 from synflow.errors import SynflowError
-from synflow.io.formats import TORCHSCRIPT, detect_format
+from synflow.io.formats import detect_format, format_spec
 
 log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
@@ -114,14 +114,15 @@ async def submit(
             )  # fmt: skip
         config = parse_config(form.fields)
         try:
-            fmt = await run_in_threadpool(detect_format, upload)
+            fmt = await run_in_threadpool(detect_format, upload, settings.input_limits().archive)
         except SynflowError as exc:
             raise ProblemError(422, exc.code, "Invalid model", exc.message) from exc
-        if fmt == TORCHSCRIPT and config.input_shape is None:
+        spec = format_spec(fmt)
+        if not spec.states_inputs and config.input_shape is None:
             raise ProblemError(
                 422, "missing_input_shape", "Missing input_shape",
-                "input_shape is required for TorchScript models (the file does not state one); "
-                "add e.g. -F input_shape=1,3,224,224 (batch first)",
+                f"input_shape is required for {spec.title} models (the file does not state "
+                "one); add e.g. -F input_shape=1,3,224,224 (batch first)",
             )  # fmt: skip
         await run_in_threadpool(artifacts.adopt_upload, job_id)
     finally:

@@ -4,8 +4,9 @@ Layout, derived only from server-generated job ids (never from client-supplied n
 
     <root>/uploads/<id>.partial       an upload being received
     <root>/jobs/<id>/input            the uploaded model
-    <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, model.pt|.pt2|.onnx,
-                                      report.json; appears whole (one directory rename)
+    <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, the model (named
+                                      by the format registry, synflow.io.formats: model.pt,
+                                      model.onnx, ...), report.json; appears whole (one rename)
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import time
 import uuid
 from pathlib import Path
 
+from synflow.io.formats import model_file
+
 ARTIFACT_FILES = {
     "masks": "masks.safetensors",
     "weights": "weights.safetensors",
     "report": "report.json",
 }
-
-
-def model_file(fmt: str) -> str:
-    return {"onnx": "model.onnx", "pt2": "model.pt2"}.get(fmt, "model.pt")
 
 
 def artifact_file(name: str, fmt: str) -> str:

@@ -1,72 +1,136 @@
-"""Detect a model file's format from its content, never from its name.
+"""Format registry: the one place that knows which model files exist and how each is handled.
 
-TorchScript archives are zip files with a `code/` tree and `constants.pkl`; torch.export programs
-(`.pt2`) are zip files with `archive_format` and `models/*.json` under one root folder; a plain
-`torch.save(model)` pickle is also a zip (or a legacy pickle) but has neither, and is refused
-without ever being unpickled. ONNX files are protobuf `ModelProto` messages, recognised by their
-leading field tags.
+Adding a format is one new module under `synflow/io/` and one entry here; detection, loading,
+writing, the pipeline's and the service's artifact names and the API's "does the request need
+an input shape" check all derive from the entry. Entries name their functions by import path,
+so this module (and the API, which sniffs uploads) stays free of torch and onnx.
+
+Formats are told apart by content, never by file name: each entry's sniffer looks at a
+`synflow.io.sniff.Sample` (the first bytes, a zip's central-directory names), first match wins.
+A file no entry claims is refused with `synflow.io.sniff.refusal`'s message (pickles, torch.save
+zips, unknown zips), without ever being unpickled.
+
+The callables an entry names:
+
+- sniffer `(Sample) -> bool`, torch-free and cheap: it runs in the API on every upload;
+- loader `(path, InputLimits, workdir) -> LoadedModel`: checks the file against the limits
+  (archives are inspected here, before anything opens a member) and loads it; it may unpack
+  into a temporary folder under `workdir` (None: the system's) and removes it before returning;
+- writer `(LoadedModel, out_dir) -> list[str]`: writes the pruned model into `out_dir`, each file
+  under a temporary name renamed into place, and returns the names it wrote (the first is
+  `model_file`; others only where the layout needs them, e.g. ONNX external data).
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from synflow.errors import InvalidModelError
-from synflow.io.archive import inspect_zip
 from synflow.io.limits import ArchiveLimits
-from synflow.io.pt2_archive import pt2_root
+from synflow.io.sniff import Sample, refusal
+
+if TYPE_CHECKING:
+    from synflow.io.limits import InputLimits
+    from synflow.model import LoadedModel
 
 TORCHSCRIPT = "torchscript"
 ONNX = "onnx"
 PT2 = "pt2"
 
-_ZIP_MAGIC = b"PK\x03\x04"
-# ModelProto field tags that an exporter writes first: ir_version (1, varint) or
-# opset_import (8), producer_name (2), producer_version (3), domain (4), graph (7).
-_ONNX_FIRST_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x3A, 0x42}
-_PICKLE_PROTOCOL_OP = 0x80
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
-def _zip_kind(path: Path, limits: ArchiveLimits | None) -> str:
-    names = inspect_zip(path, limits)
-    if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
-        return TORCHSCRIPT
-    if any(n.endswith("/data.pkl") for n in names):
-        raise InvalidModelError(
-            "this is a torch.save() pickle, not a TorchScript archive; pickles can run arbitrary "
-            "code and are never loaded. Export the model with torch.jit.script(model) or "
-            "torch.jit.trace(model, example) and save it with torch.jit.save(), or export ONNX"
-        )
-    if pt2_root(names) is not None:
-        return PT2
-    raise InvalidModelError(
-        "the zip archive is neither a TorchScript model (no code/ or constants.pkl inside) nor a "
-        "torch.export program (no archive_format or models/*.json); save the model with "
-        "torch.jit.save() or torch.export.save()"
+@dataclass(frozen=True)
+class FormatSpec:
+    name: str  # stored in job records (`input_format`)
+    title: str  # how messages name it
+    sniffer: str  # "module:function", (Sample) -> bool
+    loader: str  # "module:function", (path, InputLimits, workdir) -> LoadedModel
+    writer: str  # "module:function", (LoadedModel, out_dir) -> list[str]
+    #: the pruned model's artifact (what `GET /jobs/{id}/model` serves)
+    model_file: str
+    #: files the writer may add beside `model_file` (CLI layouts only; the service's formats
+    #: never write them, their models travel as one file)
+    extra_files: tuple[str, ...] = ()
+    #: the file declares its inputs' shapes (ONNX graph inputs); otherwise the request must
+    states_inputs: bool = False
+    description: str = ""
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.model_file).suffix
+
+    def sniff(self, sample: Sample) -> bool:
+        return bool(_resolve(self.sniffer)(sample))
+
+    def load(self, path: Path, limits: InputLimits, workdir: Path | None = None) -> LoadedModel:
+        return _resolve(self.loader)(path, limits, workdir)
+
+    def write(self, model: LoadedModel, out_dir: Path) -> list[str]:
+        return list(_resolve(self.writer)(model, out_dir))
+
+
+FORMATS: dict[str, FormatSpec] = {
+    spec.name: spec
+    for spec in (
+        FormatSpec(
+            name=TORCHSCRIPT,
+            title="TorchScript",
+            sniffer="synflow.io.sniff:is_torchscript",
+            loader="synflow.io.torchscript:load_torchscript",
+            writer="synflow.io.torchscript:write_torchscript",
+            model_file="model.pt",
+            description="TorchScript archive (torch.jit.save); loading runs its code",
+        ),
+        FormatSpec(
+            name=PT2,
+            title="torch.export",
+            sniffer="synflow.io.sniff:is_pt2",
+            loader="synflow.io.pt2:load_pt2",
+            writer="synflow.io.pt2:write_pt2",
+            model_file="model.pt2",
+            states_inputs=True,
+            description="torch.export program (torch.export.save); read without unpickling",
+        ),
+        FormatSpec(
+            name=ONNX,
+            title="ONNX",
+            sniffer="synflow.io.sniff:is_onnx",
+            loader="synflow.io.onnx:load_onnx_file",
+            writer="synflow.io.onnx:write_onnx",
+            model_file="model.onnx",
+            states_inputs=True,
+            description="ONNX model (one self-contained .onnx file)",
+        ),
     )
+}
+
+
+def format_spec(name: str) -> FormatSpec:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown model format {name!r}; known: {', '.join(FORMATS)}") from None
+
+
+def model_file(fmt: str) -> str:
+    """The pruned model's artifact name for an input of format `fmt`."""
+    return format_spec(fmt).model_file
 
 
 def detect_format(path: str | Path, archive_limits: ArchiveLimits | None = None) -> str:
-    """Return "torchscript", "pt2" or "onnx", or raise InvalidModelError saying what the file is.
-
-    Zip archives are inspected against `archive_limits` (see `synflow.io.archive`) here, so no
-    loader ever opens one that failed.
-    """
-    path = Path(path)
-    with path.open("rb") as fh:
-        head = fh.read(8)
-    if not head:
-        raise InvalidModelError("the model file is empty")
-    if head.startswith(_ZIP_MAGIC):
-        return _zip_kind(path, archive_limits)
-    if head[0] == _PICKLE_PROTOCOL_OP:
-        raise InvalidModelError(
-            "this is a Python pickle (e.g. a legacy torch.save file), which is never loaded "
-            "because unpickling runs arbitrary code; export TorchScript (torch.jit.save) or ONNX"
-        )
-    if head[0] in _ONNX_FIRST_TAGS:
-        return ONNX
-    raise InvalidModelError(
-        "unrecognised model file: expected a TorchScript archive (torch.jit.save), a torch.export "
-        "program (torch.export.save, .pt2) or an ONNX model (.onnx)"
-    )
+    """The registered format whose sniffer recognises the file, or InvalidModelError saying what
+    the file is. Reads the first bytes and a zip's central directory only (cheap enough for the
+    API): every member's real size is checked by the loader, before anything opens it."""
+    sample = Sample.read(path, archive_limits)
+    for spec in FORMATS.values():
+        if spec.sniff(sample):
+            return spec.name
+    raise InvalidModelError(refusal(sample))

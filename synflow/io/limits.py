@@ -6,7 +6,8 @@ live here, torch- and onnx-free, so the service can build them without importing
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -36,5 +37,20 @@ class OnnxLimits:
 
 @dataclass(frozen=True)
 class InputLimits:
+    """Every bound on an input file. The defaults here are the only ones: the service's
+    settings take theirs from these classes, and the job spec carries `to_dict()` to the child."""
+
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
     onnx: OnnxLimits = field(default_factory=OnnxLimits)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> InputLimits:
+        """From `to_dict()`'s shape; missing groups or keys keep their defaults."""
+        data = data or {}
+        return cls(
+            archive=ArchiveLimits(**data.get("archive", {})),
+            onnx=OnnxLimits(**data.get("onnx", {})),
+        )

@@ -42,8 +42,9 @@ from onnx import numpy_helper
 from torch import fx, nn
 
 from synflow.errors import InvalidModelError
-from synflow.io.formats import ONNX
-from synflow.io.limits import OnnxLimits
+from synflow.io.atomic import write_atomically
+from synflow.io.formats import ONNX, model_file
+from synflow.io.limits import InputLimits, OnnxLimits
 from synflow.model import LoadedModel, PrunableTensor
 
 #: The standard operator set (onnx.checker accepts it only as ""). onnx2torch runs nothing else.
@@ -461,6 +462,15 @@ def bind_parameters(
 # --- writing back -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OnnxOrigin:
+    """What the writer needs from the loaded file: the graph as uploaded, and the parameter
+    that each prunable initializer became (holding the pruned values after pruning)."""
+
+    graph: onnx.ModelProto
+    params: dict[str, nn.Parameter]
+
+
 def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], path: Path) -> None:
     """The uploaded graph with each parameter initializer's zeroed entries zeroed, nothing else."""
     out = onnx.ModelProto()
@@ -532,6 +542,23 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
         source=path,
         input_shape=input_shape,
         keys=keys,
-        writer=lambda _model, out: write_pruned(original, params, out),
+        origin=OnnxOrigin(original, params),
         finder=partial(_find, uses, param_names),
     )
+
+
+def load_onnx_file(
+    path: str | Path, limits: InputLimits | None = None, workdir: Path | None = None
+) -> LoadedModel:
+    """The registry's loader for a single `.onnx` file."""
+    return load_onnx(path, (limits or InputLimits()).onnx)
+
+
+def write_onnx(model: LoadedModel, out_dir: Path) -> list[str]:
+    """The registry's writer: the uploaded graph with the pruned entries zeroed."""
+    origin: OnnxOrigin = model.origin
+    name = model_file(ONNX)
+    write_atomically(
+        Path(out_dir) / name, lambda tmp: write_pruned(origin.graph, origin.params, tmp)
+    )
+    return [name]

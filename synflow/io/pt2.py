@@ -25,8 +25,9 @@ import torch
 
 from synflow.errors import InvalidModelError
 from synflow.io.archive import inspect_zip
-from synflow.io.formats import PT2
-from synflow.io.limits import ArchiveLimits
+from synflow.io.atomic import write_atomically
+from synflow.io.formats import PT2, model_file
+from synflow.io.limits import ArchiveLimits, InputLimits
 from synflow.io.pt2_archive import Pt2Contents, read_contents, user_input_names
 from synflow.model import LoadedModel, PrunableTensor
 
@@ -200,6 +201,13 @@ def _refuse_training_mode(ep: torch.export.ExportedProgram) -> None:
         )
 
 
+def load_pt2(
+    path: str | Path, limits: InputLimits | None = None, workdir: Path | None = None
+) -> LoadedModel:
+    """The registry's loader (`workdir` unused: nothing is unpacked)."""
+    return read_pt2(path, (limits or InputLimits()).archive)
+
+
 def read_pt2(path: str | Path, limits: ArchiveLimits | None = None) -> LoadedModel:
     """Check and load a `.pt2` archive; raises InvalidModelError for anything refused."""
     path = Path(path)
@@ -217,7 +225,7 @@ def read_pt2(path: str | Path, limits: ArchiveLimits | None = None) -> LoadedMod
         module=_runnable(ep),
         source=path,
         input_shape=shape,
-        writer=lambda _model, out: save_pt2(ep, _model.module, out),
+        origin=ep,
         finder=lambda m, bias, norm: find_prunable(ep, m, bias, norm),
     )
     return model
@@ -265,6 +273,13 @@ def find_prunable(
         if t.param_name in named and named[t.param_name].is_floating_point()
     ]
     return sorted(usable, key=lambda t: order[t.param_name])
+
+
+def write_pt2(model: LoadedModel, out_dir: Path) -> list[str]:
+    """The registry's writer: the pruned program as `model.pt2`."""
+    name = model_file(PT2)
+    write_atomically(Path(out_dir) / name, lambda tmp: save_pt2(model.origin, model.module, tmp))
+    return [name]
 
 
 @torch.no_grad()

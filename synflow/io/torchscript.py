@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 
 from synflow.errors import InvalidModelError
-from synflow.io.formats import TORCHSCRIPT
+from synflow.io.archive import inspect_zip
+from synflow.io.atomic import write_atomically
+from synflow.io.formats import TORCHSCRIPT, model_file
+from synflow.io.limits import InputLimits
 from synflow.model import LoadedModel
 
 
@@ -28,8 +31,16 @@ def quiet_deprecation():
         yield
 
 
+def load_torchscript(
+    path: str | Path, limits: InputLimits | None = None, workdir: Path | None = None
+) -> LoadedModel:
+    """The registry's loader: inspect the archive (sizes, ratios, names), then load it."""
+    inspect_zip(path, (limits or InputLimits()).archive)
+    return read_torchscript(path)
+
+
 def read_torchscript(path: str | Path) -> LoadedModel:
-    """Load an archive that `detect_format` accepted (`synflow.io.loader.load_model` does both)."""
+    """Load an archive that `detect_format` and `inspect_zip` accepted."""
     path = Path(path)
     try:
         with quiet_deprecation():
@@ -40,9 +51,16 @@ def read_torchscript(path: str | Path) -> LoadedModel:
             f"torch.jit.load could not read the archive: {first[:300]}"
         ) from exc
     module.eval()
-    return LoadedModel(format=TORCHSCRIPT, module=module, source=path, writer=save_torchscript)
+    return LoadedModel(format=TORCHSCRIPT, module=module, source=path)
 
 
 def save_torchscript(model: LoadedModel, path: Path) -> None:
     with quiet_deprecation():
         torch.jit.save(model.module, str(path))
+
+
+def write_torchscript(model: LoadedModel, out_dir: Path) -> list[str]:
+    """The registry's writer: the pruned module as `model.pt`."""
+    name = model_file(TORCHSCRIPT)
+    write_atomically(Path(out_dir) / name, lambda tmp: save_torchscript(model, tmp))
+    return [name]

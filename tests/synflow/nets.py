@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from synflow.io.torchscript import save_torchscript
 from synflow.model import LoadedModel
 
 
@@ -91,9 +90,7 @@ def as_loaded(module: nn.Module, how: str = "script", example_shape=None) -> Loa
         module = torch.jit.script(module)
     elif how == "trace":
         module = torch.jit.trace(module, torch.ones(example_shape))
-    return LoadedModel(
-        format="torchscript", module=module, source=Path("<memory>"), writer=save_torchscript
-    )
+    return LoadedModel(format="torchscript", module=module, source=Path("<memory>"))
 
 
 def seeded(builder, seed: int = 0, **kwargs) -> nn.Module:

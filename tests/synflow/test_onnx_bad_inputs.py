@@ -383,16 +383,6 @@ def test_node_name_injection_never_executes(tmp_path, marker_dir):
     assert not marker.exists()
 
 
-# --- torch.export archives ---------------------------------------------------------------------
-
-
-def test_torch_export_archive_refused(tmp_path):
-    program = torch.export.export(torch.nn.Linear(4, 3), (torch.ones(1, 4),))
-    path = tmp_path / "model.pt2"
-    torch.export.save(program, str(path))
-    refused(path, "torch.export", "pickle", "onnx")
-
-
 def test_conv_weight_computed_at_run_time(tmp_path):
     """onnx2torch needs Conv weights as initializers; a computed one is named, not a crash."""
     rng = np.random.default_rng(0)
