@@ -239,7 +239,8 @@ def check_program(program: Any) -> dict[str, Any]:
     if not isinstance(program, dict):
         raise InvalidModelError("the program JSON is not an object")
     _strip_metadata(program)
-    _check_strings(program)
+    for node in program["graph_module"]["graph"]["nodes"]:
+        _check_target(node.get("target"))
     if program.get("guards_code"):
         raise InvalidModelError(
             "the program carries guard code (Python source that torch would run); " + _EXPORT_HOWTO
@@ -262,13 +263,16 @@ def check_program(program: Any) -> dict[str, Any]:
             "the program's inputs or outputs use named tuples; return tensors, tuples or dicts"
         )
     for node in graph["nodes"]:
-        target, name = node.get("target"), node.get("name")
+        name = node.get("name")
         if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
-            raise InvalidModelError(f"the program has a node named {_quote(str(name))}")
-        _check_target(target)
+            raise InvalidModelError(
+                f"the program has a node named {_quote(str(name))}, which is not a plain name"
+            )
     for name in graph.get("tensor_values", {}):
-        if not _IDENTIFIER.fullmatch(name):
-            raise InvalidModelError(f"the program has a value named {_quote(name)}")
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+            raise InvalidModelError(
+                f"the program has a value named {_quote(name)}, which is not a plain name"
+            )
     for entry in graph_module.get("module_call_graph", []):
         if entry.get("fqn"):
             _check_fqn(entry["fqn"], "module")
@@ -277,12 +281,16 @@ def check_program(program: Any) -> dict[str, Any]:
             _check_pytree(signature.get("in_spec"), "input spec")
             _check_pytree(signature.get("out_spec"), "output spec")
             for arg in signature.get("forward_arg_names") or []:
-                if not _IDENTIFIER.fullmatch(arg):
-                    raise InvalidModelError(f"the program has an argument named {_quote(arg)}")
+                if not isinstance(arg, str) or not _IDENTIFIER.fullmatch(arg):
+                    raise InvalidModelError(
+                        f"the program has an argument named {_quote(str(arg))}, "
+                        "which is not a plain name"
+                    )
     for spec in _input_specs(program):
         for field in ("parameter_name", "buffer_name", "tensor_constant_name", "target"):
             if field in spec:
                 _check_fqn(spec[field], "state")
+    _check_strings(program)
     return program
 
 
@@ -347,6 +355,16 @@ def _check_state(program: dict[str, Any], contents: Pt2Contents) -> None:
 
 def read_contents(path: str | Path, names: list[str]) -> Pt2Contents:
     """Read and check an archive whose members `names` already passed `inspect_zip`."""
+    try:
+        return _read_contents(path, names)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a malformed structure
+        raise InvalidModelError(
+            f"the .pt2 archive is malformed ({type(exc).__name__}: {str(exc)[:200]}); save it "
+            "again with torch.export.save"
+        ) from exc
+
+
+def _read_contents(path: str | Path, names: list[str]) -> Pt2Contents:
     root = pt2_root(names)
     if root is None:
         raise InvalidModelError("the archive is not a torch.export (.pt2) program")
