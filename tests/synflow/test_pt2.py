@@ -279,6 +279,9 @@ def test_sympy_expression_refused_and_never_evaluated(convnet_pt2, tmp_path):
     bad = rewrite(convnet_pt2, tmp_path / "bad.pt2", {PROGRAM: edit_json(symbolic)})
     refused(bad, "symbolic")
     assert not marker.exists()
+    with contextlib.suppress(Exception):  # proof: torch.export.load evaluates it
+        torch.export.load(bad)
+    assert marker.exists()
 
 
 def test_guard_code_refused(convnet_pt2, tmp_path):
@@ -291,6 +294,9 @@ def test_guard_code_refused(convnet_pt2, tmp_path):
     bad = rewrite(convnet_pt2, tmp_path / "bad.pt2", {PROGRAM: edit_json(guard)})
     refused(bad, "guard code")
     assert not marker.exists()
+    with contextlib.suppress(Exception):  # proof: torch runs it when the program is called
+        torch.export.load(bad).module()(torch.ones(SHAPE))
+    assert marker.exists()
 
 
 def test_code_in_a_name_refused(convnet_pt2, tmp_path):
