@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from synflow.errors import InvalidModelError
+from synflow.inputs import InputSpec, parse_dtype
 from synflow.io.archive import inspect_zip
 from synflow.io.atomic import write_atomically
 from synflow.io.formats import PT2, model_file
@@ -161,16 +162,24 @@ def _deserialize(contents: Pt2Contents, state, constants) -> torch.export.Export
         ) from exc
 
 
-def _input_shapes(program: dict[str, Any]) -> list[tuple[tuple[int, ...], torch.dtype]]:
+def _input_specs(program: dict[str, Any]) -> tuple[InputSpec, ...]:
+    """The program's user inputs, in `forward` order, as its signature states them."""
     values = program["graph_module"]["graph"].get("tensor_values", {})
     specs = []
     for name in user_input_names(program):
         meta = values.get(name)
-        if not isinstance(meta, dict):
-            raise InvalidModelError(f"the program's input {name!r} has no tensor metadata")
         what = f"the program's input {name!r}"
-        specs.append((tuple(_ints(meta.get("sizes"), what)), _dtype(meta.get("dtype"), what)))
-    return specs
+        if not isinstance(meta, dict):
+            raise InvalidModelError(f"{what} has no tensor metadata")
+        shape = tuple(_ints(meta.get("sizes"), f"the shape of {what}"))
+        dtype = str(_dtype(meta.get("dtype"), what)).removeprefix("torch.")
+        try:
+            specs.append(InputSpec(shape, parse_dtype(dtype)))
+        except ValueError as exc:
+            raise InvalidModelError(f"{what} is a {dtype} tensor: {exc}") from None
+    if not specs:
+        raise InvalidModelError("the program takes no tensor input; SynFlow needs at least one")
+    return tuple(specs)
 
 
 def _runnable(ep: torch.export.ExportedProgram) -> torch.nn.Module:
@@ -218,13 +227,11 @@ def read_pt2(path: str | Path, limits: ArchiveLimits | None = None) -> LoadedMod
         constants = _state(archive, contents.constants, contents.constant_member, "constant", False)
     ep = _deserialize(contents, state, constants)
     _refuse_training_mode(ep)
-    inputs = _input_shapes(contents.program)
-    shape = inputs[0][0] if len(inputs) == 1 and inputs[0][1].is_floating_point else None
     model = LoadedModel(
         format=PT2,
         module=_runnable(ep),
         source=path,
-        input_shape=shape,
+        inputs=_input_specs(contents.program),
         origin=ep,
         finder=lambda m, bias, norm: find_prunable(ep, m, bias, norm),
     )
