@@ -17,10 +17,12 @@ from safetensors.torch import load_file
 from synflow.cli import main
 from synflow.config import PruneConfig
 from synflow.errors import InvalidModelError
+from synflow.inputs import InputSpec
 from synflow.io.formats import PT2, detect_format
 from synflow.io.loader import load_model
 from synflow.pipeline import prune_file
 from tests.synflow.pt2_files import (
+    TwoInputs,
     edit_json,
     export,
     marker_pickle,
@@ -115,6 +117,39 @@ def test_resnet18_cli_equals_torchscript_masks(tmp_path, capsys):
     assert set(reference) == set(masks)
     for key, mask in reference.items():
         assert torch.equal(mask, masks[key]), key
+
+
+def test_two_inputs_from_the_program(tmp_path, capsys):
+    """forward(x, y): the program states both inputs, so the CLI needs none; the written program
+    takes the same two inputs."""
+    torch.manual_seed(1)
+    model = TwoInputs().eval()
+    pt2 = export(model, (torch.ones(2, 4), torch.ones(2, 6)), tmp_path / "two.pt2")
+    loaded = load_model(pt2)
+    assert loaded.inputs == (InputSpec((2, 4)), InputSpec((2, 6)))
+    out = tmp_path / "out"
+    argv = ["prune", str(pt2), "--sparsity", "0.75", "--iterations", "4", "--out", str(out)]
+    assert main(argv) == 0
+    total = 8 * 4 + 8 * 6 + 3 * 8
+    pruned = math.floor((1 - (1.0 - 0.75)) * total)
+    assert f"kept {total - pruned} of {total} prunable weights" in capsys.readouterr().out
+    masks = load_file(out / "masks.safetensors")
+    assert sorted(masks) == ["a.weight", "b.weight", "head.weight"]
+    assert sum(int(m.sum()) for m in masks.values()) == total - pruned
+    program = torch.export.load(out / "model.pt2")
+    for key, mask in masks.items():
+        assert torch.equal(program.state_dict[key], model.state_dict()[key] * mask), key
+    assert program.module()(torch.ones(2, 4), torch.ones(2, 6)).shape == (2, 3)
+    report = json.loads((out / "report.json").read_text())
+    assert report["totals"]["kept"] == total - pruned
+
+
+def test_contradicting_inputs_refused(convnet_pt2, tmp_path, capsys):
+    argv = ["prune", str(convnet_pt2), "--sparsity", "0.5", "--input-shape", "1,3,16,16"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "contradicts the model, which states 1,3,8,8" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_bias_and_norm_roles(convnet_pt2, tmp_path):
