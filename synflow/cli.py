@@ -137,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"synflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    prune = sub.add_parser("prune", help="prune a TorchScript or ONNX model file")
-    prune.add_argument("model", help="path to a TorchScript (.pt) or ONNX (.onnx) file")
+    prune = sub.add_parser(
+        "prune", help="prune a TorchScript, torch.export (.pt2) or ONNX model file"
+    )
+    prune.add_argument(
+        "model", help="path to a TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx) file"
+    )
     prune.add_argument("--out", required=True, help="directory for the artifacts")
     add_config_arguments(prune)
     prune.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
