@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,11 @@ def check_pruned_program(out: Path, original: dict[str, torch.Tensor], shape) ->
             assert torch.equal(state[key] != 0, masks[key]), key
     output = program.module()(torch.ones(shape))
     assert torch.isfinite(output).all()
+    with zipfile.ZipFile(out / "model.pt2") as archive:  # weights as raw bytes, no pickle
+        config = next(n for n in archive.namelist() if n.endswith(WEIGHTS_CONFIG))
+        stored = json.loads(archive.read(config))["config"]
+    assert set(stored) == set(original)
+    assert all(meta["use_pickle"] is False for meta in stored.values())
     return masks
 
 
@@ -142,6 +148,20 @@ def test_two_inputs_from_the_program(tmp_path, capsys):
     assert program.module()(torch.ones(2, 4), torch.ones(2, 6)).shape == (2, 3)
     report = json.loads((out / "report.json").read_text())
     assert report["totals"]["kept"] == total - pruned
+
+
+def test_int64_token_program(tmp_path):
+    """A token model's program states an int64 input; it is fed ones of that dtype."""
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 6), torch.nn.Linear(6, 4)).eval()
+    pt2 = export(model, (torch.ones(1, 5, dtype=torch.int64),), tmp_path / "tokens.pt2")
+    assert load_model(pt2).inputs == (InputSpec((1, 5), "int64"),)
+    report = prune_file(pt2, PruneConfig(sparsity=0.5, iterations=2), tmp_path / "out")
+    assert report["totals"]["prunable"] == 24 and report["totals"]["pruned"] == 12
+    program = torch.export.load(tmp_path / "out" / "model.pt2")
+    masks = load_file(tmp_path / "out" / "masks.safetensors")
+    assert torch.equal(program.state_dict["1.weight"] != 0, masks["1.weight"])
+    assert program.module()(torch.ones(1, 5, dtype=torch.int64)).shape == (1, 5, 4)
 
 
 def test_contradicting_inputs_refused(convnet_pt2, tmp_path, capsys):
