@@ -123,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     prune = sub.add_parser("prune", help="prune a TorchScript or ONNX model file")
-    prune.add_argument("model", help="path to a TorchScript (.pt) or ONNX (.onnx) file")
+    prune.add_argument(
+        "model",
+        help="path to a TorchScript (.pt) or ONNX (.onnx, external data files beside it) "
+        "file, or a zip of an .onnx and its data files",
+    )
     prune.add_argument("--out", required=True, help="directory for the artifacts")
     add_config_arguments(prune)
     prune.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
