@@ -46,8 +46,8 @@ def _check_member(info: zipfile.ZipInfo) -> None:
     name = info.filename
     if info.is_dir() or "/" in name or name in ("", ".", ".."):
         raise InvalidModelError(
-            f"the bundle has a folder entry {_quote(name)}; put the .onnx and its data files "
-            "at the top level (zip -j -0 bundle.zip model.onnx model.onnx.data)"
+            f"bundle member {_quote(name)} is a folder or inside one; put the .onnx and its "
+            "data files at the top level (zip -j -0 bundle.zip model.onnx model.onnx.data)"
         )
     if "\0" in name:
         raise InvalidModelError(f"bundle member {_quote(name)} has a NUL in its name")

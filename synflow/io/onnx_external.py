@@ -87,9 +87,11 @@ def expected_bytes(tensor: onnx.TensorProto) -> int:
 
 def check_location(location: str, tensor_name: str) -> None:
     """A plain file name in the model's folder, or InvalidModelError."""
-    where = f"tensor {_quote(tensor_name)}'s external data names {_quote(location)}"
+    where = f"the external data of tensor {_quote(tensor_name)} names {_quote(location)}"
     if not location:
-        raise InvalidModelError(f"tensor {_quote(tensor_name)}'s external data has no location")
+        raise InvalidModelError(
+            f"the external data of tensor {_quote(tensor_name)} has no location"
+        )
     if location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
         raise InvalidModelError(
             f"{where}, an absolute path; only data files beside the model are read"
@@ -109,7 +111,7 @@ def check_location(location: str, tensor_name: str) -> None:
 def _integer(value: str, key: str, tensor_name: str) -> int:
     if not value.isdigit():
         raise InvalidModelError(
-            f"tensor {_quote(tensor_name)}'s external data has {key}={_quote(value)}, not a "
+            f"the external data of tensor {_quote(tensor_name)} has {key}={_quote(value)}, not a "
             "non-negative integer"
         )
     return int(value)
@@ -125,7 +127,7 @@ def external_refs(tensors: list[onnx.TensorProto]) -> list[ExternalRef]:
         unknown = sorted(set(entries) - KNOWN_KEYS)
         if unknown:
             raise InvalidModelError(
-                f"tensor {_quote(tensor.name)}'s external data has entries "
+                f"the external data of tensor {_quote(tensor.name)} has entries "
                 f"{', '.join(_quote(k) for k in unknown[:5])} that are not understood; only "
                 "location, offset and length are"
             )
@@ -136,7 +138,7 @@ def external_refs(tensors: list[onnx.TensorProto]) -> list[ExternalRef]:
         length = _integer(entries.get("length", str(size)), "length", tensor.name)
         if length != size:
             raise InvalidModelError(
-                f"tensor {_quote(tensor.name)}'s external data is {length} bytes, but its "
+                f"the external data of tensor {_quote(tensor.name)} is {length} bytes, but its "
                 f"shape {list(tensor.dims)[:8]} needs {size}"
             )
         refs.append(ExternalRef(index, tensor, location, offset, length))
@@ -217,7 +219,7 @@ def read_external_data(refs: list[ExternalRef], folder: Path, limits: OnnxLimits
                 for ref in group:
                     if ref.offset + ref.length > size:
                         raise InvalidModelError(
-                            f"tensor {_quote(ref.tensor.name)}'s external data ends at byte "
+                            f"the external data of tensor {_quote(ref.tensor.name)} ends at byte "
                             f"{ref.offset + ref.length}, beyond the end of {_quote(location)} "
                             f"({size} bytes); is the data file truncated or from another export?"
                         )
