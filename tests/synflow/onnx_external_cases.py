@@ -3,7 +3,7 @@ them, hand-built hostile variants, and the check that a pruned output is right."
 
 from __future__ import annotations
 
-import math
+import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -144,5 +144,17 @@ def weight_bytes(offset: int = 0) -> bytes:
     return b"\x7f" * offset + WEIGHT.tobytes()
 
 
-def total_weights(masks: dict) -> int:
-    return sum(math.prod(m.shape) for m in masks.values())
+def hostile_bundle(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
+    """A zip of exactly these members (names and modes as given, nothing checked)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in members:
+            archive.writestr(info, data)
+    return path
+
+
+def symlink_member(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
+    """A zip member that `unzip` would create as a symbolic link to `target`."""
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    info.create_system = 3  # unix
+    return info, target.encode()

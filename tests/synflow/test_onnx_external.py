@@ -30,8 +30,10 @@ from tests.synflow.onnx_external_cases import (
     export_dynamo,
     export_legacy,
     external_tensors,
+    hostile_bundle,
     masked_copy,
     model_naming,
+    symlink_member,
     weight_bytes,
 )
 from tests.synflow.test_onnx_bad_inputs import FifoWatch
@@ -274,20 +276,6 @@ def test_the_service_limits_refuse_loose_files(tmp_path):
 
 
 # --- hostile bundles -----------------------------------------------------------------------------
-
-
-def hostile_bundle(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for info, data in members:
-            archive.writestr(info, data)
-    return path
-
-
-def symlink_member(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    info.create_system = 3  # unix
-    return info, target.encode()
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
