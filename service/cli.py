@@ -280,7 +280,11 @@ def register(sub) -> None:
     serve.set_defaults(handler=_cmd_serve)
 
     submit = _remote_parser(sub, "submit", "upload a model to a running service", _cmd_submit)
-    submit.add_argument("model", help="TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx) file")
+    submit.add_argument(
+        "model",
+        help="TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx) file, or a zip of an .onnx "
+        "and its data",
+    )
     add_config_arguments(submit)
     submit.add_argument("--wait", action="store_true", help="wait until the job has finished")
     _add_wait_flags(submit)

@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prune", help="prune a TorchScript, torch.export (.pt2) or ONNX model file"
     )
     prune.add_argument(
-        "model", help="path to a TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx) file"
+        "model",
+        help="path to a TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx, external data "
+        "files beside it) file, or a zip of an .onnx and its data files",
     )
     prune.add_argument("--out", required=True, help="directory for the artifacts")
     add_config_arguments(prune)

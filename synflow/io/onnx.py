@@ -1,8 +1,9 @@
 """ONNX in and out: an uploaded graph becomes a torch module, the pruned graph goes back as ONNX.
 
 Untrusted files are checked before anything else touches them: a size limit, a protobuf parse
-without external data, a refusal of every external-data reference (no path the model names is
-ever opened), domain and operator allow-lists, and `onnx.checker`.
+without external data, external-data references checked by name and read only from regular
+files in the folder the caller names (`synflow.io.onnx_external`; with none, refused and no path
+the model names is ever looked at), domain and operator allow-lists, and `onnx.checker`.
 
 Conversion uses onnx2torch on a *copy* of the graph prepared for it:
 
@@ -45,6 +46,12 @@ from synflow.errors import InvalidModelError
 from synflow.io.atomic import write_atomically
 from synflow.io.formats import ONNX, model_file
 from synflow.io.limits import InputLimits, OnnxLimits
+from synflow.io.onnx_external import (
+    ExternalRef,
+    external_refs,
+    move_to_external,
+    read_external_data,
+)
 from synflow.io.onnx_inputs import stated_inputs
 from synflow.model import LoadedModel, PrunableTensor
 
@@ -135,13 +142,6 @@ def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
             )
     elements = 0
     for tensor in _tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise InvalidModelError(
-                f"tensor {_quote(tensor.name)} refers to external data; only self-contained "
-                "ONNX files are accepted, and no file the model names is ever opened. Save the "
-                "weights inside the file: torch.onnx.export(..., external_data=False) or "
-                "onnx.save(model, path, save_as_external_data=False)"
-            )
         if len(tensor.dims) > limits.max_rank or any(d < 0 for d in tensor.dims):
             raise InvalidModelError(
                 f"tensor {_quote(tensor.name)} declares an invalid shape {list(tensor.dims)[:10]}"
@@ -152,6 +152,37 @@ def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
                 f"the model's tensors declare more than {limits.max_elements} elements in all, "
                 "over the limit"
             )
+
+
+def _external(model: onnx.ModelProto, data_dir: Path | None) -> list[ExternalRef]:
+    """The model's external-data entries, checked by name; refused outright where no folder
+    may be read (a single uploaded file, or a caller that gave none)."""
+    refs = external_refs(list(_tensors(model)))
+    if refs and data_dir is None:
+        raise InvalidModelError(
+            f"tensor {_quote(refs[0].tensor.name)} refers to external data, and a single "
+            "uploaded .onnx must hold its weights (no file the model names is opened). Upload "
+            "the .onnx and its data files as one zip (zip -j -0 bundle.zip model.onnx "
+            "model.onnx.data), or save the weights inside the file: torch.onnx.export(..., "
+            "external_data=False) or onnx.save(model, path, save_as_external_data=False)"
+        )
+    return refs
+
+
+def _without_external_data(model: onnx.ModelProto, refs: list[ExternalRef]) -> onnx.ModelProto:
+    """A copy for the checker, whose external tensors are empty: on a model naming data files,
+    onnx.checker looks those names up relative to the process's working directory."""
+    if not refs:
+        return model
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    external = {ref.index for ref in refs}
+    for index, tensor in enumerate(_tensors(skeleton)):
+        if index in external:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.dims[:] = [0] * len(tensor.dims)
+    return skeleton
 
 
 def _check_onnx(model: onnx.ModelProto) -> None:
@@ -425,14 +456,16 @@ def bind_parameters(
 
 @dataclass(frozen=True)
 class OnnxOrigin:
-    """What the writer needs from the loaded file: the graph as uploaded, and the parameter
-    that each prunable initializer became (holding the pruned values after pruning)."""
+    """What the writer needs from the loaded file: the graph as uploaded (its external data read
+    in), the parameter that each prunable initializer became (holding the pruned values after
+    pruning), and which tensors kept their bytes in external data (`_tensors` positions)."""
 
     graph: onnx.ModelProto
     params: dict[str, nn.Parameter]
+    external: frozenset[int] = frozenset()
 
 
-def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], path: Path) -> None:
+def pruned_graph(original: onnx.ModelProto, params: dict[str, nn.Parameter]) -> onnx.ModelProto:
     """The uploaded graph with each parameter initializer's zeroed entries zeroed, nothing else."""
     out = onnx.ModelProto()
     out.CopyFrom(original)
@@ -447,7 +480,31 @@ def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], pat
         pruned = values.copy()
         pruned[zeroed] = 0
         tensor.CopyFrom(numpy_helper.from_array(pruned, name))
-    Path(path).write_bytes(out.SerializeToString())
+    return out
+
+
+def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], path: Path) -> None:
+    """The pruned graph as one self-contained file."""
+    Path(path).write_bytes(pruned_graph(original, params).SerializeToString())
+
+
+def write_layout(origin: OnnxOrigin, out_dir: Path, name: str) -> list[str]:
+    """The pruned graph as `name` in `out_dir`, in the layout it came in: one file, or `name`
+    plus `name.data` holding the tensors that came from external data. The data file is
+    complete before the model that names it appears."""
+    out_dir = Path(out_dir)
+    if not origin.external:
+        write_atomically(out_dir / name, lambda tmp: write_pruned(origin.graph, origin.params, tmp))
+        return [name]
+    graph = pruned_graph(origin.graph, origin.params)
+    data_name = f"{name}.data"
+    tensors = list(_tensors(graph))
+    write_atomically(
+        out_dir / data_name,
+        lambda tmp: move_to_external(tensors, origin.external, tmp, data_name),
+    )
+    write_atomically(out_dir / name, lambda tmp: tmp.write_bytes(graph.SerializeToString()))
+    return [name, data_name]
 
 
 def _find(
@@ -477,13 +534,22 @@ def _find(
     return found
 
 
-def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel:
-    """Check, convert and wrap an ONNX file; raises InvalidModelError for anything unusable."""
+def load_onnx(
+    path: str | Path, limits: OnnxLimits | None = None, data_dir: Path | None = None
+) -> LoadedModel:
+    """Check, convert and wrap an ONNX file; raises InvalidModelError for anything unusable.
+
+    External data is read only from `data_dir` (see `synflow.io.onnx_external`); with None, a
+    model that names data files is refused before any file is looked at.
+    """
     path = Path(path)
     limits = limits or OnnxLimits()
     original = _parse(path, limits)
     _check_structure(original, limits)
-    _check_onnx(original)
+    refs = _external(original, data_dir)
+    _check_onnx(_without_external_data(original, refs))
+    if refs:
+        read_external_data(refs, data_dir, limits)
     inputs, free_axes = stated_inputs(original)
     prepared = prepare_for_conversion(original)
     module = _convert(prepared)
@@ -504,7 +570,7 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
         inputs=inputs,
         free_axes=free_axes,
         keys=keys,
-        origin=OnnxOrigin(original, params),
+        origin=OnnxOrigin(original, params, frozenset(ref.index for ref in refs)),
         finder=partial(_find, uses, param_names),
     )
 
@@ -512,15 +578,16 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
 def load_onnx_file(
     path: str | Path, limits: InputLimits | None = None, workdir: Path | None = None
 ) -> LoadedModel:
-    """The registry's loader for a single `.onnx` file."""
-    return load_onnx(path, (limits or InputLimits()).onnx)
+    """The registry's loader for an `.onnx` file, with its external data read from the files
+    beside it where `limits.onnx.external_data_beside` allows (the service does not: there
+    external data comes in a bundle)."""
+    path = Path(path)
+    onnx_limits = (limits or InputLimits()).onnx
+    data_dir = path.parent if onnx_limits.external_data_beside else None
+    return load_onnx(path, onnx_limits, data_dir)
 
 
 def write_onnx(model: LoadedModel, out_dir: Path) -> list[str]:
-    """The registry's writer: the uploaded graph with the pruned entries zeroed."""
-    origin: OnnxOrigin = model.origin
-    name = model_file(ONNX)
-    write_atomically(
-        Path(out_dir) / name, lambda tmp: write_pruned(origin.graph, origin.params, tmp)
-    )
-    return [name]
+    """The registry's writer: `model.onnx`, plus `model.onnx.data` if the input had external
+    data."""
+    return write_layout(model.origin, out_dir, model_file(ONNX))
