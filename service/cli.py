@@ -235,8 +235,19 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
 def _remote_handler(handler):
     def run(args: argparse.Namespace) -> int:
+        import httpx
+
         try:
             return handler(args)
+        except httpx.TransportError as exc:  # refused, unknown host, timed out, TLS...
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            reason = reason or type(exc).__name__
+            print(
+                f"synflow: error: cannot reach the service at {args.url} ({reason}); start it "
+                "with `synflow serve`, or point --url (or SYNFLOW_URL) at a running one",
+                file=sys.stderr,
+            )
+            return 2
         except RemoteError as exc:
             print(f"synflow: error: {exc}", file=sys.stderr)
             return 1

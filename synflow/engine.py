@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from synflow.config import PruneConfig
+from synflow.device import check_device
 from synflow.errors import InvalidInputShapeError, PruningCanceled
 from synflow.feed import resolve_inputs
 from synflow.inputs import InputSpec
@@ -67,7 +68,7 @@ def prune(
 ) -> PruneResult:
     """Compute masks for `model` as `config` asks. The module is left as it was given."""
     started = time.perf_counter()
-    device = torch.device(device)
+    device = check_device(device)
     tensors = model.prunable(config.prune_bias, config.prune_batchnorm, config.exclude)
     named = dict(model.module.named_parameters())
     params = {t.key: named[t.param_name] for t in tensors}

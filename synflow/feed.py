@@ -116,20 +116,19 @@ def forward_failure(
     specs: tuple[InputSpec, ...],
     retry: Callable[[tuple[InputSpec, ...]], bool] | None = None,
 ) -> Exception:
-    """Say whether the forward pass failed on the inputs' shape (and, when `retry` says the model
-    runs with a leading batch dimension added, that the batch dimension is missing) or on
-    something else."""
+    """Say why the forward pass failed: a missing batch dimension (when `retry` says the model
+    runs with a leading 1 added to every input), another shape problem, or something else."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
     # TorchScript puts its own headline first and the model's error on the last line
     first = (lines[-1] if lines[0].startswith("The following operation failed") else lines[0])[:300]
+    batched = with_batch(specs)
+    if retry is not None and retry(batched):  # whatever torch said, the batch axis was missing
+        return InvalidInputShapeError(
+            f"the model rejected {describe(specs)}: {first}. The batch dimension is missing: "
+            f"the model runs on {describe(batched)}; add the batch dimension first, e.g. "
+            f"{format_input_specs(batched)}"
+        )
     if _SHAPE_WORDS.search(first):
-        batched = with_batch(specs)
-        if retry is not None and retry(batched):
-            return InvalidInputShapeError(
-                f"the model rejected {describe(specs)}: {first}. The batch dimension is missing: "
-                f"the model runs on {describe(batched)}; add the batch dimension first, e.g. "
-                f"{format_input_specs(batched)}"
-            )
         return InvalidInputShapeError(
             f"the model rejected {describe(specs)}: {first}. "
             "Pass the input_shape (or inputs) the model expects (batch first)"

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from synflow.errors import NoPrunableParametersError
+from synflow.errors import ExcludeMatchesNothingError, NoPrunableParametersError
 from synflow.inputs import InputSpec
 from synflow.io.formats import format_spec
 
@@ -112,14 +112,18 @@ class LoadedModel:
             found = self.finder(self, prune_bias, prune_batchnorm)
         else:
             found = find_by_layer_type(self, prune_bias, prune_batchnorm)
-        kept = [
-            t
-            for t in found
-            if not any(
-                fnmatch.fnmatchcase(t.key, pat) or fnmatch.fnmatchcase(t.param_name, pat)
-                for pat in exclude
-            )
-        ]
+
+        def matches(t: PrunableTensor, pat: str) -> bool:
+            return fnmatch.fnmatchcase(t.key, pat) or fnmatch.fnmatchcase(t.param_name, pat)
+
+        for pat in exclude:
+            if not any(matches(t, pat) for t in found):
+                names = ", ".join(t.key for t in found[:8]) + (", ..." if len(found) > 8 else "")
+                raise ExcludeMatchesNothingError(
+                    f"exclude pattern {pat!r} matches no prunable parameter, so it would keep "
+                    f"nothing dense; fix or drop it (the prunable ones are: {names or 'none'})"
+                )
+        kept = [t for t in found if not any(matches(t, pat) for pat in exclude)]
         if not kept:
             why = " after exclude patterns" if found else ""
             raise NoPrunableParametersError(

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from synflow.config import PruneConfig
+from synflow.device import check_device
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
@@ -98,6 +99,7 @@ def _prune_into(
     limits: InputLimits | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    check_device(device)  # before the load: a missing GPU is known without reading the model
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_path, limits, workdir=out)
     result = prune(
