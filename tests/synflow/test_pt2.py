@@ -164,6 +164,22 @@ def test_int64_token_program(tmp_path):
     assert program.module()(torch.ones(1, 5, dtype=torch.int64)).shape == (1, 5, 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_program(tmp_path, dtype):
+    """A float16 / bfloat16 program is pruned and written back in its own dtype."""
+    model = small_convnet().to(dtype)
+    pt2 = export(model, (torch.ones(SHAPE, dtype=dtype),), tmp_path / "half.pt2")
+    assert load_model(pt2).inputs == (InputSpec(SHAPE, str(dtype).removeprefix("torch.")),)
+    report = prune_file(pt2, PruneConfig(sparsity=0.5, iterations=2), tmp_path / "out")
+    assert report["totals"]["pruned"] == math.floor(0.5 * (4 * 27 + 20))
+    program = torch.export.load(tmp_path / "out" / "model.pt2")
+    masks = load_file(tmp_path / "out" / "masks.safetensors")
+    for key, mask in masks.items():
+        assert program.state_dict[key].dtype == dtype
+        assert torch.equal(program.state_dict[key], model.state_dict()[key] * mask), key
+    assert program.module()(torch.ones(SHAPE, dtype=dtype)).dtype == dtype
+
+
 def test_contradicting_inputs_refused(convnet_pt2, tmp_path, capsys):
     argv = ["prune", str(convnet_pt2), "--sparsity", "0.5", "--input-shape", "1,3,16,16"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
