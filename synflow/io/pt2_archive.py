@@ -111,6 +111,8 @@ def _json(archive: zipfile.ZipFile, member: str) -> Any:
         return json.loads(_text(archive, member))
     except json.JSONDecodeError as exc:
         raise InvalidModelError(f"the .pt2 member {member!r} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidModelError(f"the .pt2 member {member!r} is nested too deeply") from None
 
 
 def _payloads(
@@ -357,7 +359,7 @@ def read_contents(path: str | Path, names: list[str]) -> Pt2Contents:
     """Read and check an archive whose members `names` already passed `inspect_zip`."""
     try:
         return _read_contents(path, names)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a malformed structure
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:  # malformed
         raise InvalidModelError(
             f"the .pt2 archive is malformed ({type(exc).__name__}: {str(exc)[:200]}); save it "
             "again with torch.export.save"

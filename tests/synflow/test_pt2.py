@@ -401,6 +401,20 @@ def test_call_spec_types_refused(convnet_pt2, tmp_path, kind):
     refused(bad, "spec" if kind == "__enum__" else "container type")
 
 
+@pytest.mark.parametrize(
+    ("program", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"{not json", "not valid JSON"),
+        (b'{"graph_module": []}', "no graph_module"),
+        (b"[]", "not an object"),
+    ],
+)
+def test_malformed_program_json(convnet_pt2, tmp_path, program, words):
+    bad = rewrite(convnet_pt2, tmp_path / "bad.pt2", {PROGRAM: lambda _: program})
+    refused(bad, words)
+
+
 def test_dynamic_shapes_refused(tmp_path):
     dim = torch.export.Dim("batch", min=2, max=64)
     program = torch.export.export(
