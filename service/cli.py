@@ -235,8 +235,19 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
 def _remote_handler(handler):
     def run(args: argparse.Namespace) -> int:
+        import httpx
+
         try:
             return handler(args)
+        except httpx.TransportError as exc:  # refused, unknown host, timed out, TLS...
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            reason = reason or type(exc).__name__
+            print(
+                f"synflow: error: cannot reach the service at {args.url} ({reason}); start it "
+                "with `synflow serve`, or point --url (or SYNFLOW_URL) at a running one",
+                file=sys.stderr,
+            )
+            return 2
         except RemoteError as exc:
             print(f"synflow: error: {exc}", file=sys.stderr)
             return 1
@@ -280,7 +291,11 @@ def register(sub) -> None:
     serve.set_defaults(handler=_cmd_serve)
 
     submit = _remote_parser(sub, "submit", "upload a model to a running service", _cmd_submit)
-    submit.add_argument("model", help="TorchScript (.pt) or ONNX (.onnx) file")
+    submit.add_argument(
+        "model",
+        help="TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx) file, or a zip of an .onnx "
+        "and its data",
+    )
     add_config_arguments(submit)
     submit.add_argument("--wait", action="store_true", help="wait until the job has finished")
     _add_wait_flags(submit)

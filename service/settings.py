@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     onnx_max_rank: int = Field(
         OnnxLimits.max_rank, gt=0, description="largest rank of an ONNX tensor"
     )
+    onnx_max_data_bytes: int = Field(
+        OnnxLimits.max_data_bytes,
+        gt=0,
+        description="external data of an ONNX bundle: largest data file, and all read together",
+    )
 
     @field_validator("api_keys")
     @classmethod
@@ -290,6 +295,8 @@ class Settings(BaseSettings):
                 max_initializers=self.onnx_max_initializers,
                 max_elements=self.onnx_max_elements,
                 max_rank=self.onnx_max_rank,
+                max_data_bytes=self.onnx_max_data_bytes,
+                external_data_beside=False,  # an upload is one file: data comes in a bundle
             ),
         )
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 import torch
 
 from synflow.config import PruneConfig
+from synflow.device import check_device
 from synflow.errors import InvalidInputShapeError, PruningCanceled
+from synflow.feed import resolve_inputs
+from synflow.inputs import InputSpec
 from synflow.masks import Masks
 from synflow.model import LoadedModel, PrunableTensor
 from synflow.schedule import density_at
@@ -39,7 +42,7 @@ class PruneResult:
     masks: Masks  # keyed by published key, on the CPU
     tensors: list[PrunableTensor]
     config: PruneConfig
-    input_shape: tuple[int, ...] | None
+    inputs: tuple[InputSpec, ...] | None  # what forward was fed, one spec per argument
     device: str
     precision: str
     seconds: float
@@ -48,11 +51,10 @@ class PruneResult:
     scale: tuple[int, int] | None = None
     precision_note: str | None = None  # why the run left float32, when it did
 
-
-def resolve_input_shape(model: LoadedModel, config: PruneConfig) -> tuple[int, ...] | None:
-    if config.input_shape is not None:
-        return config.input_shape
-    return model.input_shape
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of the one input, when there was exactly one."""
+        return self.inputs[0].shape if self.inputs is not None and len(self.inputs) == 1 else None
 
 
 def prune(
@@ -66,16 +68,16 @@ def prune(
 ) -> PruneResult:
     """Compute masks for `model` as `config` asks. The module is left as it was given."""
     started = time.perf_counter()
-    device = torch.device(device)
+    device = check_device(device)
     tensors = model.prunable(config.prune_bias, config.prune_batchnorm, config.exclude)
     named = dict(model.module.named_parameters())
     params = {t.key: named[t.param_name] for t in tensors}
-    input_shape = resolve_input_shape(model, config)
+    inputs = resolve_inputs(model, config)
     spec = scorer_spec(config.method)
-    if input_shape is None and spec.name == "synflow":
+    if inputs is None and spec.name == "synflow":
         raise InvalidInputShapeError(
-            "input_shape is required for this model (e.g. 1,3,224,224): the file does not state "
-            "a static input shape"
+            "input_shape is required for this model (e.g. 1,3,224,224), or one input spec per "
+            "forward argument (e.g. --input int64:1,128): the file does not state its inputs"
         )
     if device.type != "cpu":
         model.module.to(device)
@@ -83,7 +85,7 @@ def prune(
         model=model,
         tensors=tensors,
         params=params,
-        input_shape=input_shape,
+        inputs=inputs,
         device=device,
         generator=torch.Generator().manual_seed(config.seed),
         precision=precision,
@@ -113,7 +115,7 @@ def prune(
         masks=masks.cpu(),
         tensors=tensors,
         config=config,
-        input_shape=input_shape,
+        inputs=inputs,
         device=str(device),
         precision=used_precision.replace("torch.", ""),
         seconds=time.perf_counter() - started,

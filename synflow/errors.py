@@ -37,5 +37,17 @@ class DegenerateFlowError(SynflowError):
     code = "degenerate_flow"
 
 
+class DeviceUnavailableError(SynflowError):
+    """The run asks for a device this machine does not have (e.g. cuda without a GPU)."""
+
+    code = "device_unavailable"
+
+
+class ExcludeMatchesNothingError(SynflowError):
+    """An `exclude` pattern names no prunable tensor: most likely a typo, so it is refused."""
+
+    code = "exclude_matches_nothing"
+
+
 class PruningCanceled(SynflowError):
     code = "canceled"

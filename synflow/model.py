@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from synflow.errors import NoPrunableParametersError
+from synflow.errors import ExcludeMatchesNothingError, NoPrunableParametersError
+from synflow.inputs import InputSpec
 from synflow.io.formats import format_spec
 
 #: Layer types whose `weight` is prunable by default, by class name. TorchScript keeps the
@@ -69,7 +70,8 @@ class LoadedModel:
     format: str  # a name in the format registry, `synflow.io.formats.FORMATS`
     module: torch.nn.Module
     source: Path
-    input_shape: tuple[int, ...] | None = None  # the file's own, when it states one
+    #: the file's own inputs, one per `forward` argument, when it states them (ONNX, .pt2)
+    inputs: tuple[InputSpec, ...] | None = None
     #: parameter name -> published key; identity for TorchScript
     keys: dict[str, str] = field(default_factory=dict)
     #: what the format's writer needs from the file as it was loaded (ONNX: the uploaded graph
@@ -77,6 +79,16 @@ class LoadedModel:
     origin: Any = None
     #: format-specific prunable-tensor discovery; None = by layer type
     finder: Callable[[LoadedModel, bool, bool], list[PrunableTensor]] | None = None
+    #: per input, the axes whose size the file leaves open (a dynamic batch stated as 1): a
+    #: user's spec may set them to anything
+    free_axes: tuple[frozenset[int], ...] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of the file's one float32 input, when that is what it states."""
+        if self.inputs is not None and len(self.inputs) == 1 and self.inputs[0].dtype == "float32":
+            return self.inputs[0].shape
+        return None
 
     @property
     def suffix(self) -> str:
@@ -100,14 +112,18 @@ class LoadedModel:
             found = self.finder(self, prune_bias, prune_batchnorm)
         else:
             found = find_by_layer_type(self, prune_bias, prune_batchnorm)
-        kept = [
-            t
-            for t in found
-            if not any(
-                fnmatch.fnmatchcase(t.key, pat) or fnmatch.fnmatchcase(t.param_name, pat)
-                for pat in exclude
-            )
-        ]
+
+        def matches(t: PrunableTensor, pat: str) -> bool:
+            return fnmatch.fnmatchcase(t.key, pat) or fnmatch.fnmatchcase(t.param_name, pat)
+
+        for pat in exclude:
+            if not any(matches(t, pat) for t in found):
+                names = ", ".join(t.key for t in found[:8]) + (", ..." if len(found) > 8 else "")
+                raise ExcludeMatchesNothingError(
+                    f"exclude pattern {pat!r} matches no prunable parameter, so it would keep "
+                    f"nothing dense; fix or drop it (the prunable ones are: {names or 'none'})"
+                )
+        kept = [t for t in found if not any(matches(t, pat) for pat in exclude)]
         if not kept:
             why = " after exclude patterns" if found else ""
             raise NoPrunableParametersError(

@@ -13,6 +13,7 @@ temporary name renamed into place once complete, so a reader never sees half a f
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ import torch
 from safetensors.torch import save_file
 
 from synflow.config import PruneConfig
+from synflow.device import check_device
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
+from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
 from synflow.io.atomic import write_atomically
-from synflow.io.formats import model_file
+from synflow.io.formats import PT2, TORCHSCRIPT, model_file
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
@@ -42,7 +45,7 @@ def model_filename(fmt: str) -> str:
 
 def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:
     """The model's tensors under their published keys, as independent contiguous CPU copies."""
-    if model.format == "torchscript":
+    if model.format in (TORCHSCRIPT, PT2):
         state = model.module.state_dict()
     else:
         state = {model.key_of(n): p for n, p in model.module.named_parameters()}
@@ -60,9 +63,43 @@ def prune_file(
     should_cancel: CancelCheck | None = None,
     limits: InputLimits | None = None,
 ) -> dict[str, Any]:
-    """Prune the model at `model_path` and write the artifacts to `out_dir`; returns the report."""
-    started = time.perf_counter()
+    """Prune the model at `model_path` and write the artifacts to `out_dir`; returns the report.
+
+    A failed run leaves no folder behind that it created (a folder that existed is kept)."""
     out = Path(out_dir)
+    created = _first_missing(out)
+    try:
+        return _prune_into(
+            model_path, config, out, device, precision, progress, should_cancel, limits
+        )
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents) creates)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _prune_into(
+    model_path: str | Path,
+    config: PruneConfig,
+    out: Path,
+    device: str,
+    precision: str,
+    progress: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+    limits: InputLimits | None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    check_device(device)  # before the load: a missing GPU is known without reading the model
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_path, limits, workdir=out)
     result = prune(
@@ -76,10 +113,16 @@ def prune_file(
     apply_masks(model, result)
 
     positions = None
-    if result.input_shape is not None:
+    if result.inputs is not None:
         named = dict(model.module.named_parameters())
         weights = {t.key: named[t.param_name] for t in result.tensors if t.role == "weight"}
-        positions = count_positions(model.module, weights, result.input_shape)
+        try:
+            positions = count_positions(model.module, weights, result.inputs)
+        except (RuntimeError, torch.jit.Error) as exc:  # e.g. magnitude never ran forward
+            dtype = model_dtype(model.module)
+            raise forward_failure(
+                exc, result.inputs, lambda batched: runs_on(model.module, batched, dtype)
+            ) from exc
 
     masks = {k: v.contiguous() for k, v in result.masks.items()}
     write_atomically(out / MASKS, lambda p: save_file(masks, str(p)))

@@ -385,18 +385,24 @@ def choose_exponents(
 
 
 def trace_forward(
-    module: torch.nn.Module, x: torch.Tensor, state: dict[int, torch.Tensor]
+    module: torch.nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...],
+    state: dict[int, torch.Tensor],
 ) -> Trace:
-    """Run `module(x)` (x of degree 1) under the tracer; `state` = id -> every parameter/buffer.
+    """Run `module(*x)` (floating inputs of degree 1) under the tracer; `state` = id -> every
+    parameter/buffer.
 
     Returns the output with the degree of every state tensor the pass used, the magnitude ranges
     of the forward values (and of the scaled constants), and the intermediates for backward hooks;
     or the reason the network is not positively homogeneous.
     """
+    xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
     tracer = HomogeneityTracer(state)
-    tracer.mark(x, 1)
+    for t in xs:
+        if t.is_floating_point():
+            tracer.mark(t, 1)
     with tracer:
-        output = module(x)
+        output = module(*xs)
     trace = Trace(output, tracer.error)
     if trace.error is not None:
         return trace

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 TORCHSCRIPT = "torchscript"
 ONNX = "onnx"
+PT2 = "pt2"
+ONNX_BUNDLE = "onnx_bundle"
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -89,14 +91,35 @@ FORMATS: dict[str, FormatSpec] = {
             description="TorchScript archive (torch.jit.save); loading runs its code",
         ),
         FormatSpec(
+            name=PT2,
+            title="torch.export",
+            sniffer="synflow.io.sniff:is_pt2",
+            loader="synflow.io.pt2:load_pt2",
+            writer="synflow.io.pt2:write_pt2",
+            model_file="model.pt2",
+            states_inputs=True,
+            description="torch.export program (torch.export.save); read without unpickling",
+        ),
+        FormatSpec(
             name=ONNX,
             title="ONNX",
             sniffer="synflow.io.sniff:is_onnx",
             loader="synflow.io.onnx:load_onnx_file",
             writer="synflow.io.onnx:write_onnx",
             model_file="model.onnx",
+            extra_files=("model.onnx.data",),
             states_inputs=True,
-            description="ONNX model (one self-contained .onnx file)",
+            description="ONNX model; on the command line its external data files beside it",
+        ),
+        FormatSpec(
+            name=ONNX_BUNDLE,
+            title="ONNX bundle",
+            sniffer="synflow.io.sniff:is_onnx_bundle",
+            loader="synflow.io.onnx_bundle:load_onnx_bundle",
+            writer="synflow.io.onnx_bundle:write_onnx_bundle",
+            model_file="model.zip",
+            states_inputs=True,
+            description="zip of one .onnx and its external data files",
         ),
     )
 }

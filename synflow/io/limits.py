@@ -33,6 +33,11 @@ class OnnxLimits:
     max_initializers: int = 50_000
     max_elements: int = 1_000_000_000  # declared elements over all initializers
     max_rank: int = 8
+    #: external data: each data file's size, and the bytes read from all of them together
+    max_data_bytes: int = 16 * GiB
+    #: read external data from files beside the .onnx (the CLI); the service says no: a single
+    #: upload must be self-contained, external data comes in a zip bundle
+    external_data_beside: bool = True
 
 
 @dataclass(frozen=True)

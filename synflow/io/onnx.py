@@ -1,8 +1,9 @@
 """ONNX in and out: an uploaded graph becomes a torch module, the pruned graph goes back as ONNX.
 
 Untrusted files are checked before anything else touches them: a size limit, a protobuf parse
-without external data, a refusal of every external-data reference (no path the model names is
-ever opened), domain and operator allow-lists, and `onnx.checker`.
+without external data, external-data references checked by name and read only from regular
+files in the folder the caller names (`synflow.io.onnx_external`; with none, refused and no path
+the model names is ever looked at), domain and operator allow-lists, and `onnx.checker`.
 
 Conversion uses onnx2torch on a *copy* of the graph prepared for it:
 
@@ -45,6 +46,13 @@ from synflow.errors import InvalidModelError
 from synflow.io.atomic import write_atomically
 from synflow.io.formats import ONNX, model_file
 from synflow.io.limits import InputLimits, OnnxLimits
+from synflow.io.onnx_external import (
+    ExternalRef,
+    external_refs,
+    move_to_external,
+    read_external_data,
+)
+from synflow.io.onnx_inputs import stated_inputs
 from synflow.model import LoadedModel, PrunableTensor
 
 #: The standard operator set (onnx.checker accepts it only as ""). onnx2torch runs nothing else.
@@ -54,8 +62,6 @@ WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 NORM_OPS = frozenset(
     {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
 )
-#: The engine feeds one all-ones float32 tensor.
-INPUT_ELEM_TYPE = onnx.TensorProto.FLOAT
 #: Name length kept when quoting names from the file in messages.
 NAME_IN_MESSAGE = 60
 
@@ -136,13 +142,6 @@ def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
             )
     elements = 0
     for tensor in _tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise InvalidModelError(
-                f"tensor {_quote(tensor.name)} refers to external data; only self-contained "
-                "ONNX files are accepted, and no file the model names is ever opened. Save the "
-                "weights inside the file: torch.onnx.export(..., external_data=False) or "
-                "onnx.save(model, path, save_as_external_data=False)"
-            )
         if len(tensor.dims) > limits.max_rank or any(d < 0 for d in tensor.dims):
             raise InvalidModelError(
                 f"tensor {_quote(tensor.name)} declares an invalid shape {list(tensor.dims)[:10]}"
@@ -155,50 +154,43 @@ def _check_structure(model: onnx.ModelProto, limits: OnnxLimits) -> None:
             )
 
 
+def _external(model: onnx.ModelProto, data_dir: Path | None) -> list[ExternalRef]:
+    """The model's external-data entries, checked by name; refused outright where no folder
+    may be read (a single uploaded file, or a caller that gave none)."""
+    refs = external_refs(list(_tensors(model)))
+    if refs and data_dir is None:
+        raise InvalidModelError(
+            f"tensor {_quote(refs[0].tensor.name)} refers to external data, and a single "
+            "uploaded .onnx must hold its weights (no file the model names is opened). Upload "
+            "the .onnx and its data files as one zip (zip -j -0 bundle.zip model.onnx "
+            "model.onnx.data), or save the weights inside the file: torch.onnx.export(..., "
+            "external_data=False) or onnx.save(model, path, save_as_external_data=False)"
+        )
+    return refs
+
+
+def _without_external_data(model: onnx.ModelProto, refs: list[ExternalRef]) -> onnx.ModelProto:
+    """A copy for the checker, whose external tensors are empty: on a model naming data files,
+    onnx.checker looks those names up relative to the process's working directory."""
+    if not refs:
+        return model
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    external = {ref.index for ref in refs}
+    for index, tensor in enumerate(_tensors(skeleton)):
+        if index in external:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.dims[:] = [0] * len(tensor.dims)
+    return skeleton
+
+
 def _check_onnx(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise InvalidModelError(f"the ONNX model is invalid (onnx.checker): {first}") from exc
-
-
-def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    stored = {t.name for t in graph.initializer}
-    return [v for v in graph.input if v.name not in stored]
-
-
-def static_input_shape(model: onnx.ModelProto) -> tuple[int, ...] | None:
-    """The one input's shape when every dimension but the batch is fixed (batch -> 1)."""
-    inputs = _graph_inputs(model.graph)
-    if len(inputs) != 1:
-        names = ", ".join(_quote(v.name) for v in inputs[:5])
-        raise InvalidModelError(
-            f"the model has {len(inputs)} inputs ({names}); the engine feeds exactly one "
-            "float32 tensor, so export the model with a single input"
-        )
-    tensor_type = inputs[0].type.tensor_type
-    if not inputs[0].type.HasField("tensor_type") or tensor_type.elem_type != INPUT_ELEM_TYPE:
-        kind = (
-            onnx.TensorProto.DataType.Name(tensor_type.elem_type)
-            if inputs[0].type.HasField("tensor_type")
-            else "not a tensor"
-        )
-        raise InvalidModelError(
-            f"the model's input {_quote(inputs[0].name)} is {kind}; the engine feeds a float32 "
-            "tensor, so export the model with a float32 input"
-        )
-    if not tensor_type.HasField("shape") or not tensor_type.shape.dim:
-        return None
-    shape = []
-    for axis, dim in enumerate(tensor_type.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            shape.append(dim.dim_value)
-        elif axis == 0:
-            shape.append(1)  # a dynamic batch: one sample is enough
-        else:
-            return None
-    return tuple(shape)
 
 
 # --- the copy the converter sees --------------------------------------------------------------
@@ -464,14 +456,16 @@ def bind_parameters(
 
 @dataclass(frozen=True)
 class OnnxOrigin:
-    """What the writer needs from the loaded file: the graph as uploaded, and the parameter
-    that each prunable initializer became (holding the pruned values after pruning)."""
+    """What the writer needs from the loaded file: the graph as uploaded (its external data read
+    in), the parameter that each prunable initializer became (holding the pruned values after
+    pruning), and which tensors kept their bytes in external data (`_tensors` positions)."""
 
     graph: onnx.ModelProto
     params: dict[str, nn.Parameter]
+    external: frozenset[int] = frozenset()
 
 
-def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], path: Path) -> None:
+def pruned_graph(original: onnx.ModelProto, params: dict[str, nn.Parameter]) -> onnx.ModelProto:
     """The uploaded graph with each parameter initializer's zeroed entries zeroed, nothing else."""
     out = onnx.ModelProto()
     out.CopyFrom(original)
@@ -486,7 +480,31 @@ def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], pat
         pruned = values.copy()
         pruned[zeroed] = 0
         tensor.CopyFrom(numpy_helper.from_array(pruned, name))
-    Path(path).write_bytes(out.SerializeToString())
+    return out
+
+
+def write_pruned(original: onnx.ModelProto, params: dict[str, nn.Parameter], path: Path) -> None:
+    """The pruned graph as one self-contained file."""
+    Path(path).write_bytes(pruned_graph(original, params).SerializeToString())
+
+
+def write_layout(origin: OnnxOrigin, out_dir: Path, name: str) -> list[str]:
+    """The pruned graph as `name` in `out_dir`, in the layout it came in: one file, or `name`
+    plus `name.data` holding the tensors that came from external data. The data file is
+    complete before the model that names it appears."""
+    out_dir = Path(out_dir)
+    if not origin.external:
+        write_atomically(out_dir / name, lambda tmp: write_pruned(origin.graph, origin.params, tmp))
+        return [name]
+    graph = pruned_graph(origin.graph, origin.params)
+    data_name = f"{name}.data"
+    tensors = list(_tensors(graph))
+    write_atomically(
+        out_dir / data_name,
+        lambda tmp: move_to_external(tensors, origin.external, tmp, data_name),
+    )
+    write_atomically(out_dir / name, lambda tmp: tmp.write_bytes(graph.SerializeToString()))
+    return [name, data_name]
 
 
 def _find(
@@ -516,14 +534,23 @@ def _find(
     return found
 
 
-def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel:
-    """Check, convert and wrap an ONNX file; raises InvalidModelError for anything unusable."""
+def load_onnx(
+    path: str | Path, limits: OnnxLimits | None = None, data_dir: Path | None = None
+) -> LoadedModel:
+    """Check, convert and wrap an ONNX file; raises InvalidModelError for anything unusable.
+
+    External data is read only from `data_dir` (see `synflow.io.onnx_external`); with None, a
+    model that names data files is refused before any file is looked at.
+    """
     path = Path(path)
     limits = limits or OnnxLimits()
     original = _parse(path, limits)
     _check_structure(original, limits)
-    _check_onnx(original)
-    input_shape = static_input_shape(original)
+    refs = _external(original, data_dir)
+    _check_onnx(_without_external_data(original, refs))
+    if refs:
+        read_external_data(refs, data_dir, limits)
+    inputs, free_axes = stated_inputs(original)
     prepared = prepare_for_conversion(original)
     module = _convert(prepared)
     uses = parameter_uses(original, prepared)
@@ -540,9 +567,10 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
         format=ONNX,
         module=module,
         source=path,
-        input_shape=input_shape,
+        inputs=inputs,
+        free_axes=free_axes,
         keys=keys,
-        origin=OnnxOrigin(original, params),
+        origin=OnnxOrigin(original, params, frozenset(ref.index for ref in refs)),
         finder=partial(_find, uses, param_names),
     )
 
@@ -550,15 +578,16 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
 def load_onnx_file(
     path: str | Path, limits: InputLimits | None = None, workdir: Path | None = None
 ) -> LoadedModel:
-    """The registry's loader for a single `.onnx` file."""
-    return load_onnx(path, (limits or InputLimits()).onnx)
+    """The registry's loader for an `.onnx` file, with its external data read from the files
+    beside it where `limits.onnx.external_data_beside` allows (the service does not: there
+    external data comes in a bundle)."""
+    path = Path(path)
+    onnx_limits = (limits or InputLimits()).onnx
+    data_dir = path.parent if onnx_limits.external_data_beside else None
+    return load_onnx(path, onnx_limits, data_dir)
 
 
 def write_onnx(model: LoadedModel, out_dir: Path) -> list[str]:
-    """The registry's writer: the uploaded graph with the pruned entries zeroed."""
-    origin: OnnxOrigin = model.origin
-    name = model_file(ONNX)
-    write_atomically(
-        Path(out_dir) / name, lambda tmp: write_pruned(origin.graph, origin.params, tmp)
-    )
-    return [name]
+    """The registry's writer: `model.onnx`, plus `model.onnx.data` if the input had external
+    data."""
+    return write_layout(model.origin, out_dir, model_file(ONNX))

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from synflow.errors import InvalidModelError
 from synflow.io.limits import ArchiveLimits
+from synflow.io.pt2_archive import pt2_root
 from synflow.io.zipcheck import member_names
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -57,6 +58,11 @@ def is_torchscript(sample: Sample) -> bool:
     return any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names)
 
 
+def is_pt2(sample: Sample) -> bool:
+    """torch.export.save writes `<root>/archive_format` and `<root>/models/<name>.json`."""
+    return sample.zip_names is not None and pt2_root(list(sample.zip_names)) is not None
+
+
 def is_onnx(sample: Sample) -> bool:
     """A protobuf ModelProto: its first byte is the tag of a field exporters write first."""
     return sample.zip_names is None and sample.head[0] in ONNX_FIRST_TAGS
@@ -69,7 +75,7 @@ def bundle_models(names: tuple[str, ...] | list[str]) -> list[str]:
 
 def is_onnx_bundle(sample: Sample) -> bool:
     """A zip of one `.onnx` at the top level and its data files (not a TorchScript archive)."""
-    if sample.zip_names is None or is_torchscript(sample):
+    if sample.zip_names is None or is_torchscript(sample) or is_pt2(sample):
         return False
     return len(bundle_models(sample.zip_names)) == 1
 
@@ -87,8 +93,9 @@ def refusal(sample: Sample) -> str:
             "because unpickling runs arbitrary code; export TorchScript (torch.jit.save) or ONNX"
         )
     return (
-        "unrecognised model file: expected a TorchScript archive (torch.jit.save), an ONNX "
-        "model (.onnx), or a zip of an .onnx and its external data files"
+        "unrecognised model file: expected a TorchScript archive (torch.jit.save), a "
+        "torch.export program (torch.export.save, .pt2), an ONNX model (.onnx), or a zip of an "
+        ".onnx and its external data files"
     )
 
 
@@ -101,10 +108,8 @@ def _zip_refusal(names: tuple[str, ...]) -> str:
         )
     if any(n.endswith("archive_format") or "/models/" in n for n in names):
         return (
-            "this is a torch.export (.pt2) archive, which is not accepted: torch.export.load "
-            "unpickles parts of it, and PyTorch says never to load one from an untrusted "
-            "source. Convert the program to ONNX instead: torch.onnx.export(model, args, "
-            "path, dynamo=True)"
+            "the zip looks like a torch.export (.pt2) archive but lacks its archive_format or "
+            "models/*.json under one root folder; save the program with torch.export.save()"
         )
     models = bundle_models(names)
     if len(models) > 1:

@@ -133,4 +133,5 @@ def test_input_limits_round_trip_and_settings_defaults():
     assert InputLimits.from_dict(None) == InputLimits()
     defaults = Settings().input_limits()
     assert defaults.archive == ArchiveLimits()
-    assert defaults.onnx == OnnxLimits()  # max_file_bytes: min(upload cap, 1 GiB) = 1 GiB
+    # max_file_bytes: min(upload cap, 1 GiB) = 1 GiB; external data only in bundles
+    assert defaults.onnx == OnnxLimits(external_data_beside=False)
