@@ -24,7 +24,7 @@ from synflow.config import PruneConfig
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.flops import count_positions
 from synflow.io.atomic import write_atomically
-from synflow.io.formats import TORCHSCRIPT, model_file
+from synflow.io.formats import model_file
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
@@ -41,8 +41,12 @@ def model_filename(fmt: str) -> str:
 
 
 def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:
-    """The model's tensors under their published keys, as independent contiguous CPU copies."""
-    if model.format == TORCHSCRIPT:
+    """The model's tensors under their published keys, as independent contiguous CPU copies.
+
+    A model that publishes under its module's own names (`keys` empty: TorchScript) gives its
+    whole `state_dict()`, buffers included; one that renames (ONNX: initializer names) gives
+    its parameters under their keys (its buffers are converter internals)."""
+    if not model.keys:
         state = model.module.state_dict()
     else:
         state = {model.key_of(n): p for n, p in model.module.named_parameters()}
