@@ -27,7 +27,7 @@ from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
 from synflow.io.atomic import write_atomically
-from synflow.io.formats import PT2, TORCHSCRIPT, model_file
+from synflow.io.formats import model_file
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
@@ -44,8 +44,12 @@ def model_filename(fmt: str) -> str:
 
 
 def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:
-    """The model's tensors under their published keys, as independent contiguous CPU copies."""
-    if model.format in (TORCHSCRIPT, PT2):
+    """The model's tensors under their published keys, as independent contiguous CPU copies.
+
+    A model that publishes under its module's own names (`keys` empty: TorchScript) gives its
+    whole `state_dict()`, buffers included; one that renames (ONNX: initializer names) gives
+    its parameters under their keys (its buffers are converter internals)."""
+    if not model.keys:
         state = model.module.state_dict()
     else:
         state = {model.key_of(n): p for n, p in model.module.named_parameters()}

@@ -24,6 +24,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from synflow.errors import InvalidModelError
@@ -104,10 +105,9 @@ def load_onnx_bundle(
         try:
             with zipfile.ZipFile(path) as archive:
                 _extract(archive, folder, limits.archive)
-        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, ValueError) as exc:
-            if isinstance(exc, InvalidModelError):
-                raise
-            raise InvalidModelError(f"the bundle cannot be unpacked: {exc}") from exc
+        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, ValueError, zlib.error) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # no paths
+            raise InvalidModelError(f"the bundle cannot be unpacked: {why}") from exc
         model = load_onnx(folder / models[0], limits.onnx, data_dir=folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -372,3 +372,15 @@ def test_extraction_stays_private(tmp_path, monkeypatch):
     prune_file(zipped, CONFIG, tmp_path / "out")
     assert seen and all(Path(d) == tmp_path / "out" for d in seen)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_cli_refusal_is_one_line_exit_2(tmp_path, capsys):
+    models = tmp_path / "m"
+    path = model_naming(models, "w.bin")
+    (models / "w.bin").symlink_to(tmp_path / "elsewhere.bin")
+    out = tmp_path / "out"
+    code = main(["prune", str(path), "--sparsity", "0.5", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("synflow: error: ") and len(err.splitlines()) == 1, err
+    assert "symbolic link" in err and "'w.bin'" in err
