@@ -24,7 +24,8 @@ TERMINAL = ("succeeded", "failed", "canceled")
 INPUT_SHAPE = (1, 3, 16, 16)
 #: job uids of this test run: the sandbox kills every process of a slot's uid before a job
 #: starts, so test runs that share this machine must not share uids
-SANDBOX_UID_BASE = 200_000 + random.SystemRandom().randrange(100_000) * 16
+SANDBOX_UID_SLOTS = 16
+SANDBOX_UID_BASE = 200_000 + random.SystemRandom().randrange(100_000) * SANDBOX_UID_SLOTS
 
 
 def free_port() -> int:
@@ -41,6 +42,7 @@ def base_env(data_dir: Path, **settings: str) -> dict[str, str]:
     env["SYNFLOW_DEVICE"] = "cpu"
     env["OMP_NUM_THREADS"] = "1"
     env["SYNFLOW_SANDBOX_UID_BASE"] = str(SANDBOX_UID_BASE)
+    env["SYNFLOW_SANDBOX_UID_SLOTS"] = str(SANDBOX_UID_SLOTS)
     env["SYNFLOW_RATE_LIMIT_PER_MINUTE"] = "0"  # tests that need the limit set it
     env.update({("REDIS_URL" if k == "redis_url" else f"SYNFLOW_{k.upper()}"): v
                 for k, v in settings.items()})  # fmt: skip
@@ -119,11 +121,11 @@ def start_api(env: dict[str, str], log_dir: Path, port: int | None = None) -> tu
     return proc, url
 
 
-def start_worker(env: dict[str, str], log_dir: Path) -> Proc:
+def start_worker(env: dict[str, str], log_dir: Path, concurrency: int = 1) -> Proc:
     """A production-style worker: `celery -A worker.celery_app worker`."""
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", "1", "--queues", env["SYNFLOW_QUEUE"],
+        "--loglevel", "INFO", "--concurrency", str(concurrency), "--queues", env["SYNFLOW_QUEUE"],
         "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
