@@ -1,8 +1,11 @@
-"""Requeue jobs whose worker was lost (killed, machine gone) while running them.
+"""The worker's periodic sweep: requeue jobs whose worker was lost (killed, machine gone) while
+running them, remove the scratch folders such workers left, and expire finished jobs.
 
 A running job's worker writes a heartbeat to the record; a job silent for longer than
 `heartbeat_timeout` goes back to `queued` and is published again. Duplicate messages are
-harmless: `lifecycle.claim` lets only one run own a job.
+harmless: `lifecycle.claim_next` lets only one run own a job. Jobs that ended more than
+`retention` ago are deleted (service/retention.py); every worker sweeps, and deleting twice
+is harmless.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import shutil
 import threading
 import time
 
-from service import lifecycle
+from service import lifecycle, retention
 from worker.context import WorkerContext
 
 log = logging.getLogger("worker")
@@ -55,6 +58,7 @@ def start_sweeper(ctx: WorkerContext) -> threading.Thread:
             try:
                 requeue_stale_jobs(ctx)
                 remove_orphan_scratch(ctx)
+                retention.expire_finished(ctx.jobs, ctx.artifacts, ctx.settings.retention)
             except Exception:
                 log.exception("sweeping for lost jobs failed; retrying")
             stop.wait(interval)
