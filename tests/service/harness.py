@@ -119,11 +119,11 @@ def start_api(env: dict[str, str], log_dir: Path, port: int | None = None) -> tu
     return proc, url
 
 
-def start_worker(env: dict[str, str], log_dir: Path) -> Proc:
+def start_worker(env: dict[str, str], log_dir: Path, concurrency: int = 1) -> Proc:
     """A production-style worker: `celery -A worker.celery_app worker`."""
     cmd = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", "1", "--queues", env["SYNFLOW_QUEUE"],
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+        "--concurrency", str(concurrency), "--queues", env["SYNFLOW_QUEUE"],
         "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
