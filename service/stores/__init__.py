@@ -68,6 +68,9 @@ class JobStore(Protocol):
     def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` jobs that ended before `cutoff`, oldest first (expiry)."""
 
+    def ensure_indexes(self) -> None:
+        """Index records written before the store had its indexes (after an upgrade)."""
+
     def ping(self) -> None:
         """Raise if the store cannot be reached."""
 

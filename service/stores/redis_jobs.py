@@ -13,6 +13,9 @@ Keys (all under the configured prefix):
                       service/scheduling.py), turns from the counter `turn`
     finished          sorted set of ended job ids by when they ended (epoch seconds; expiry)
 
+Records written before these indexes existed (an upgrade) are indexed once, by the first process
+that calls `ensure_indexes` (the API and every worker do at start), which then sets `indexes`.
+
 `update` and `delete` are optimistic WATCH/MULTI transactions on the record that move its id
 between these indexes in the same MULTI, so the indexes always agree with the records.
 `claim_next` reads the indexes, then claims the chosen job in a transaction that also watches
@@ -23,6 +26,7 @@ makes it retry, so the cap holds across workers.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from datetime import datetime
 
 import redis
@@ -30,6 +34,11 @@ import redis
 from service.scheduling import pick_tenant
 from service.schemas import JobRecord
 from service.stores import Change, TenantUsage
+
+#: what `indexes` holds once every record is indexed
+INDEX_VERSION = "1"
+#: seconds one process may take to index an upgraded store before another may try
+INDEX_LOCK_SECONDS = 300
 
 
 class RedisJobStore:
@@ -75,8 +84,11 @@ class RedisJobStore:
     def _finished(self) -> str:
         return f"{self.prefix}finished"
 
-    def _reindex(self, pipe, old: JobRecord | None, new: JobRecord | None) -> None:
-        """Queue into `pipe` what moves a job's id from `old`'s indexes to `new`'s."""
+    def _reindex(
+        self, pipe, old: JobRecord | None, new: JobRecord | None, usage: bool = True
+    ) -> None:
+        """Queue into `pipe` what moves a job's id from `old`'s indexes to `new`'s (and, with
+        `usage`, the change of the bytes its tenant holds)."""
         record = new or old
         assert record is not None
         job_id, tenant = record.id, record.tenant
@@ -98,9 +110,40 @@ class RedisJobStore:
         elif ended[1] is None and ended[0] is not None:
             pipe.zrem(self._finished, job_id)
         for field, size in (("inputs", "stored_input_bytes"), ("artifacts", "artifact_bytes")):
+            if not usage:
+                break
             delta = (getattr(new, size) if new else 0) - (getattr(old, size) if old else 0)
             if delta:
                 pipe.hincrby(self._usage_of(tenant), field, delta)
+
+    def ensure_indexes(self) -> None:
+        """Index every record once, if this store predates the indexes; the bytes per tenant
+        are summed afresh from the records."""
+        marker = f"{self.prefix}indexes"
+        if self.client.get(marker) == INDEX_VERSION:
+            return
+        lock = f"{marker}:lock"
+        if not self.client.set(lock, os.getpid(), nx=True, ex=INDEX_LOCK_SECONDS):
+            return  # another process is at it
+        try:
+            held: dict[str, dict[str, int]] = defaultdict(lambda: {"inputs": 0, "artifacts": 0})
+            pipe = self.client.pipeline(transaction=False)
+            keys = list(self.client.scan_iter(match=f"{self.prefix}job:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                for data in self.client.mget(keys[start : start + 1000]):
+                    if not data:
+                        continue
+                    record = JobRecord.model_validate_json(data)
+                    pipe.zadd(self._tenants, {record.tenant: 0}, nx=True)
+                    self._reindex(pipe, None, record, usage=False)
+                    held[record.tenant]["inputs"] += record.stored_input_bytes
+                    held[record.tenant]["artifacts"] += record.artifact_bytes
+            for tenant, sizes in held.items():
+                pipe.hset(self._usage_of(tenant), mapping=sizes)
+            pipe.set(marker, INDEX_VERSION)
+            pipe.execute()
+        finally:
+            self.client.delete(lock)
 
     def create(self, record: JobRecord) -> JobRecord:
         seq = int(self.client.incr(f"{self.prefix}seq"))

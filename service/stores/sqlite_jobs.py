@@ -88,6 +88,9 @@ class SqliteJobStore:
             conn.execute("ROLLBACK")
             raise
 
+    def ensure_indexes(self) -> None:
+        """Nothing to do: opening the file migrated it."""
+
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():

@@ -189,3 +189,31 @@ def test_sqlite_store_of_an_earlier_release_is_migrated(tmp_path):
     assert store.finished_before(utcnow() - timedelta(hours=1), 10) == [done.id]
     assert take(store).id == waiting.id
     SqliteJobStore(path)  # opening it again changes nothing
+
+
+def test_redis_records_of_an_earlier_release_are_indexed_once():
+    import redis as redis_lib
+
+    prefix = redis_settings()["redis_prefix"]
+    client = redis_lib.Redis.from_url(REDIS_URL)
+    try:
+        ended = utcnow() - timedelta(hours=2)
+        done = JobRecord(id=str(uuid.uuid4()), tenant="a", config={}, input_format="onnx",
+                         input_bytes=40, status="succeeded", finished_at=ended,
+                         artifact_bytes=5, seq=1)  # fmt: skip
+        waiting = JobRecord(id=str(uuid.uuid4()), tenant="a", config={}, input_format="onnx",
+                            input_bytes=2, seq=2)  # fmt: skip
+        for record in (done, waiting):  # as the earlier release wrote them: no indexes
+            client.set(f"{prefix}job:{record.id}", record.model_dump_json())
+            client.zadd(f"{prefix}jobs:a", {record.id: record.seq})
+        store = RedisJobStore(REDIS_URL, prefix)
+        assert take(store) is None  # not indexed yet
+        store.ensure_indexes()
+        usage = store.usage("a")
+        assert (usage.queued, usage.input_bytes, usage.artifact_bytes) == (1, 42, 5)
+        assert store.finished_before(utcnow() - timedelta(hours=1), 10) == [done.id]
+        store.ensure_indexes()  # done once: the counters are not summed again
+        assert store.usage("a").input_bytes == 42
+        assert take(store).id == waiting.id
+    finally:
+        drop_redis_keys(prefix)
