@@ -1,5 +1,6 @@
 """The worker's periodic sweep: requeue jobs whose worker was lost (killed, machine gone) while
-running them, remove the scratch folders such workers left, and expire finished jobs.
+running them, remove the scratch folders such workers left, expire finished jobs, and wake a
+worker when jobs are queued but none runs.
 
 A running job's worker writes a heartbeat to the record; a job silent for longer than
 `heartbeat_timeout` goes back to `queued` and is published again. Duplicate messages are
@@ -31,6 +32,17 @@ def requeue_stale_jobs(ctx: WorkerContext) -> list[str]:
     return moved
 
 
+def wake_if_stalled(ctx: WorkerContext) -> bool:
+    """Jobs queued while none runs anywhere: publish a wake-up. Covers a worker lost between
+    ending a job and waking a worker for the jobs its tenant's cap held back (whose messages
+    were used up); at most one message per sweep, and only while nothing runs."""
+    usage = ctx.jobs.usage_by_tenant().values()
+    if any(u.queued for u in usage) and not any(u.running for u in usage):
+        ctx.queue.wake()
+        return True
+    return False
+
+
 def remove_orphan_scratch(ctx: WorkerContext) -> list[str]:
     """Delete scratch folders (`<job id>-<run id>`) that no live run owns: left behind by a
     killed worker. Folders of runs still in progress, here or in another worker, are kept."""
@@ -59,6 +71,7 @@ def start_sweeper(ctx: WorkerContext) -> threading.Thread:
                 requeue_stale_jobs(ctx)
                 remove_orphan_scratch(ctx)
                 retention.expire_finished(ctx.jobs, ctx.artifacts, ctx.settings.retention)
+                wake_if_stalled(ctx)
             except Exception:
                 log.exception("sweeping for lost jobs failed; retrying")
             stop.wait(interval)

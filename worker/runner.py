@@ -301,7 +301,7 @@ def execute(job_id: str, ctx: WorkerContext) -> str | None:
         ended=ended,
     )
     if record is None or record.run_id is None:
-        log.debug("message for job %s: no queued job may start now", job_id)
+        log.debug("message %s: no queued job may start now", job_id)
         return None
     try:
         return _run(record, ctx)
@@ -315,7 +315,7 @@ def wake_for_waiting_jobs(ctx: WorkerContext, ended_id: str) -> None:
     messages of jobs that were held back by their tenant's cap were used up meanwhile."""
     try:
         if any(u.queued for u in ctx.jobs.usage_by_tenant().values()):
-            ctx.queue.enqueue(ended_id)
+            ctx.queue.wake()
     except Exception:
         log.exception("job %s: could not wake a worker for the queued jobs", ended_id)
 

@@ -1,15 +1,18 @@
 """The runner with a real child process: a job's upload is deleted when it ends (kept with
 `keep_inputs`), its artifact bytes are recorded, and a job's end wakes a worker for the jobs
-that its tenant's cap held back."""
+that its tenant's cap held back (the sweep too, when jobs wait and none runs)."""
 
 from __future__ import annotations
 
+from service import lifecycle
 from tests.worker.test_runner import context, model_file, new_job  # noqa: F401 (fixture)
+from worker.recovery import wake_if_stalled
 from worker.runner import execute
 
 
 def queued_messages(ctx) -> list[str]:
-    return [p.read_text() for p in (ctx.settings.broker_path / "queue").iterdir()]
+    folder = ctx.settings.broker_path / "queue"  # made when the first message is sent
+    return [p.read_text() for p in folder.iterdir()] if folder.is_dir() else []
 
 
 def test_input_deleted_when_the_job_ends_and_its_bytes_recorded(tmp_path, model_file):  # noqa: F811
@@ -46,3 +49,16 @@ def test_a_jobs_end_wakes_a_worker_while_jobs_wait(tmp_path, model_file):  # noq
     assert execute(first, ctx) == "succeeded"
     assert ctx.jobs.get(second).status == "succeeded"
     assert len(queued_messages(ctx)) == 1  # nothing waits any more: no further wake-up
+
+
+def test_the_sweep_wakes_a_worker_only_when_jobs_wait_and_none_runs(tmp_path, model_file):  # noqa: F811
+    ctx = context(tmp_path)
+    assert not wake_if_stalled(ctx) and queued_messages(ctx) == []  # nothing queued
+    first = new_job(ctx, model_file, sparsity=0.5, iterations=2)
+    new_job(ctx, model_file, sparsity=0.5, iterations=2)
+    record = lifecycle.claim_next(ctx.jobs, "w", 60, 3, 1)
+    assert record.id == first
+    assert not wake_if_stalled(ctx)  # one runs: its end wakes a worker
+    lifecycle.finish(ctx.jobs, first, record.run_id, "succeeded")  # ...but its worker died
+    assert wake_if_stalled(ctx)
+    assert len(queued_messages(ctx)) == 1
