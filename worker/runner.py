@@ -306,7 +306,10 @@ def execute(job_id: str, ctx: WorkerContext) -> str | None:
     try:
         return _run(record, ctx)
     finally:
-        ended(record)
+        try:
+            ended(record)
+        except Exception:  # the file stays until the job expires; the job's outcome stands
+            log.exception("job %s: could not delete its upload", record.id)
         wake_for_waiting_jobs(ctx, record.id)
 
 
