@@ -31,8 +31,8 @@ pytestmark = pytest.mark.slow
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
 ACTIVE_QUOTA = 10
 RETENTION_S = 8
-#: minutes on this tiny model: runs for the whole test unless deleted
-ENDLESS = {"sparsity": 0.99, "iterations": 10000, "input_shape": "1,3,32,32"}
+#: many minutes on this tiny model: runs for the whole test unless deleted
+ENDLESS = {"sparsity": 0.99, "iterations": 10000, "input_shape": "1,3,64,64"}
 SHORT = {"sparsity": 0.5, "iterations": 20}
 
 
@@ -88,7 +88,7 @@ def test_endless_jobs_of_one_tenant_do_not_starve_another(service, model_file):
                 response = submit(alice, model_file, **ENDLESS)
                 assert response.status_code == 202, response.text
                 ids.append(response.json()["id"])
-            running_with_progress(alice, ids[0])  # her oldest job runs first...
+            running_with_progress(alice, ids[0], timeout=180)  # her oldest job runs first...
 
             refused = submit(alice, model_file, **ENDLESS)  # ...and her quota is full
             assert refused.status_code == 429, refused.text
@@ -123,7 +123,7 @@ def test_inputs_go_when_a_job_ends_and_finished_jobs_expire(service, model_file)
         assert 'synflow_stored_bytes{kind="inputs",tenant="bob"} 0.0' in metrics
 
         canceled = submit(bob, model_file, **ENDLESS).json()
-        running_with_progress(bob, canceled["id"])
+        running_with_progress(bob, canceled["id"], timeout=180)
         assert bob.post(f"/jobs/{canceled['id']}/cancel").status_code in (200, 202)
         assert wait_status(bob, canceled["id"], timeout=60)["status"] == "canceled"
         wait_until(
