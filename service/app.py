@@ -28,6 +28,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.jobs = open_job_store(settings)
+    try:
+        app.state.jobs.ensure_indexes()
+    except Exception:  # the store is down: /readyz says so; a worker indexes it later
+        logging.getLogger("service").exception("could not check the job store's indexes")
     app.state.artifacts = ArtifactStore(settings.artifacts_path)
     app.state.artifacts.remove_stale_uploads()
     app.state.queue = JobQueue(settings)

@@ -1,6 +1,6 @@
 """Every change of a job's status, as pure functions of the record applied by `JobStore.update`.
 
-    queued --claim--> running --finish--> succeeded | failed | canceled
+    queued --claim(_next)--> running --finish--> succeeded | failed | canceled
     queued --cancel--> canceled            running --cancel--> (flag; the worker stops it)
     running (worker silent too long) --requeue--> queued
 
@@ -11,6 +11,7 @@ lost (its job was requeued and claimed again) can no longer finish it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,12 +58,7 @@ def request_cancel(store: JobStore, job_id: str) -> JobRecord | None:
     return store.update(job_id, change)
 
 
-def claim(
-    store: JobStore, job_id: str, worker: str, heartbeat_timeout: float, max_attempts: int
-) -> JobRecord | None:
-    """Take the job for this worker. None: nothing to run (gone, finished, canceled, or running
-    under a live worker, i.e. this message is a duplicate)."""
-
+def _claim_change(worker: str, heartbeat_timeout: float, max_attempts: int) -> Change:
     def change(r: JobRecord) -> JobRecord | None:
         now = utcnow()
         if r.terminal or (r.status == "running" and not stale(r, heartbeat_timeout, now)):
@@ -95,8 +91,39 @@ def claim(
             }
         )
 
+    return change
+
+
+def claim(
+    store: JobStore, job_id: str, worker: str, heartbeat_timeout: float, max_attempts: int
+) -> JobRecord | None:
+    """Take this job for this worker. None: nothing to run (gone, finished, canceled, or running
+    under a live worker, i.e. this message is a duplicate)."""
+    change = _claim_change(worker, heartbeat_timeout, max_attempts)
     record = _transition(store, job_id, change)
     return record if record is not None and record.status == "running" else None
+
+
+def claim_next(
+    store: JobStore,
+    worker: str,
+    heartbeat_timeout: float,
+    max_attempts: int,
+    max_running: int,
+    ended: Callable[[JobRecord], None] | None = None,
+) -> JobRecord | None:
+    """Take the next job in fair order (service/scheduling.py) for this worker. A queued job
+    that is canceled, or was started `max_attempts` times already, ends here instead (`ended`
+    is told) and the next one is tried. None: no queued job may start now."""
+    change = _claim_change(worker, heartbeat_timeout, max_attempts)
+    while True:
+        record = store.claim_next(change, max_running)
+        if record is None or record.status == "queued":
+            return None
+        if record.status == "running":
+            return record
+        if ended is not None:
+            ended(record)
 
 
 def _owned(r: JobRecord, run_id: str) -> bool:
@@ -126,6 +153,7 @@ def finish(
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     progress: JobProgress | None = None,
+    artifact_bytes: int | None = None,
 ) -> JobRecord | None:
     """Record the outcome; returns None when this run no longer owns the job."""
 
@@ -135,6 +163,8 @@ def finish(
         update: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
         if result is not None:
             update["result"] = result
+        if artifact_bytes is not None:
+            update["artifact_bytes"] = artifact_bytes
         if progress is not None:
             update["progress"] = progress
         return r.model_copy(update=update)

@@ -1,17 +1,24 @@
-"""Prometheus metrics of the API process, served at `GET /metrics`."""
+"""Prometheus metrics of the API process, served at `GET /metrics`: request counters and
+latencies, plus gauges read from the stores at each scrape (jobs queued and running and bytes
+held per tenant, from the job store's indexes; size and free space of the artifact volume)."""
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 from fastapi import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
+
+from service.stores import TenantUsage
 
 
 class Metrics:
@@ -36,6 +43,39 @@ class Metrics:
         self.upload_bytes = Counter(
             "synflow_upload_bytes_total", "Bytes of accepted model uploads", registry=self.registry
         )
+
+        self.jobs = Gauge(
+            "synflow_jobs",
+            "Jobs queued or running, per tenant",
+            ["tenant", "status"],
+            registry=self.registry,
+        )
+        self.stored_bytes = Gauge(
+            "synflow_stored_bytes",
+            "Bytes held in the artifact store per tenant: kind=inputs (uploads kept until their "
+            "job ends) or artifacts (published results)",
+            ["tenant", "kind"],
+            registry=self.registry,
+        )
+        self.volume_bytes = Gauge(
+            "synflow_artifact_volume_bytes",
+            "The artifact store's filesystem: kind=total or free bytes",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def observe_stores(self, usage: dict[str, TenantUsage], artifacts_root: Path) -> None:
+        """Refresh the store gauges (tenants with nothing left disappear from them)."""
+        self.jobs.clear()
+        self.stored_bytes.clear()
+        for tenant, u in sorted(usage.items()):
+            self.jobs.labels(tenant, "queued").set(u.queued)
+            self.jobs.labels(tenant, "running").set(u.running)
+            self.stored_bytes.labels(tenant, "inputs").set(u.input_bytes)
+            self.stored_bytes.labels(tenant, "artifacts").set(u.artifact_bytes)
+        disk = shutil.disk_usage(artifacts_root)
+        self.volume_bytes.labels("total").set(disk.total)
+        self.volume_bytes.labels("free").set(disk.free)
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

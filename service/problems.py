@@ -23,10 +23,10 @@ STATUS_DESCRIPTIONS = {
     404: "no such job for this tenant",
     409: "the job has not succeeded",
     410: "the artifact was removed",
-    413: "model file too large",
+    413: "model file too large, or the tenant's storage quota is full",
     415: "not multipart/form-data",
     422: "invalid request or model",
-    429: "too many submissions for this API key; see Retry-After",
+    429: "too many submissions for this API key (see Retry-After), or too many active jobs",
     503: "a dependency (job store, queue) is unavailable; see Retry-After",
 }
 PROBLEM_SCHEMA = {

@@ -15,6 +15,8 @@ from service.settings import Settings
 from service.stores.private import private_dir
 
 PRUNE_TASK = "synflow.prune"
+#: the argument of a message that names no job: it lets the next queued job start
+WAKE_UP = "wake-up"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -80,7 +82,13 @@ class JobQueue:
         self.celery = make_celery(settings)
 
     def enqueue(self, job_id: str) -> None:
+        """One message per queued job. The worker that takes it starts the next job in fair
+        order (service/scheduling.py), which need not be this one."""
         self.celery.send_task(PRUNE_TASK, args=[job_id], queue=self.settings.queue)
+
+    def wake(self) -> None:
+        """A message that lets one more queued job start (when a job's end freed a slot)."""
+        self.enqueue(WAKE_UP)
 
     def ping(self) -> None:
         with self.celery.connection_for_write() as conn:

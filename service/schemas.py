@@ -45,10 +45,17 @@ class JobRecord(BaseModel):
     run_id: str | None = None
     worker: str | None = None
     heartbeat_at: datetime | None = None
+    input_held: bool = True  # False once the upload is deleted (the job ended)
+    artifact_bytes: int = 0  # bytes of its published artifacts
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def stored_input_bytes(self) -> int:
+        """What its upload holds in the artifact store (counted against the tenant's quota)."""
+        return self.input_bytes if self.input_held else 0
 
 
 class JobLinks(BaseModel):

@@ -47,6 +47,25 @@ def default_data_dir() -> Path:
     return Path(state) / "synflow"
 
 
+#: units a duration setting may carry (`SYNFLOW_RETENTION=7d`), in seconds
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from a number, or from a number with a unit: `90`, `45s`, `30m`, `12h`, `7d`."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    try:
+        return float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a duration: give seconds (604800) or a number with a unit "
+            "s, m, h or d (7d)"
+        ) from None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -116,6 +135,28 @@ class Settings(BaseSettings):
     )
     http_keepalive_timeout: float = Field(
         5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+    )
+
+    # --- retention, quotas and fairness (per tenant) -------------------------------------------
+    keep_inputs: bool = Field(
+        False, description="keep a job's uploaded model after the job ends (default: deleted)"
+    )
+    retention: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="finished jobs (record and artifacts) are deleted this long after they end; "
+        "seconds or a number with a unit (s, m, h, d: `7d`); 0: kept until deleted",
+    )
+    tenant_max_active_jobs: int = Field(
+        20, ge=0, description="jobs a tenant may have queued or running at once (0: no limit)"
+    )
+    tenant_max_stored_bytes: int = Field(
+        32 << 30,
+        ge=0,
+        description="bytes of uploads and artifacts a tenant's jobs may hold (0: no limit)",
+    )
+    tenant_max_running: int = Field(
+        1, ge=0, description="jobs of one tenant that run at once, over all workers (0: no limit)"
     )
 
     # --- worker --------------------------------------------------------------------------------
@@ -244,6 +285,11 @@ class Settings(BaseSettings):
                     "(64 hex characters), not the key itself"
                 )
         return {tenant: digest.lower() for tenant, digest in value.items()}
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
 
     @field_validator("sandbox_required_layers")
     @classmethod

@@ -29,4 +29,8 @@ log = logging.getLogger("worker")
 def _start_sweeper(**_: object) -> None:
     from worker.recovery import start_sweeper
 
+    try:
+        context.jobs.ensure_indexes()
+    except Exception:  # the store is down: the next start tries again
+        log.exception("could not check the job store's indexes")
     start_sweeper(context)

@@ -1,8 +1,12 @@
-"""Requeue jobs whose worker was lost (killed, machine gone) while running them.
+"""The worker's periodic sweep: requeue jobs whose worker was lost (killed, machine gone) while
+running them, remove the scratch folders such workers left, expire finished jobs, and wake a
+worker when jobs are queued but none runs.
 
 A running job's worker writes a heartbeat to the record; a job silent for longer than
 `heartbeat_timeout` goes back to `queued` and is published again. Duplicate messages are
-harmless: `lifecycle.claim` lets only one run own a job.
+harmless: `lifecycle.claim_next` lets only one run own a job. Jobs that ended more than
+`retention` ago are deleted (service/retention.py); every worker sweeps, and deleting twice
+is harmless.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import shutil
 import threading
 import time
 
-from service import lifecycle
+from service import lifecycle, retention
 from worker.context import WorkerContext
 
 log = logging.getLogger("worker")
@@ -26,6 +30,17 @@ def requeue_stale_jobs(ctx: WorkerContext) -> list[str]:
             moved.append(record.id)
             log.warning("job %s: its worker %s went silent; requeued", record.id, record.worker)
     return moved
+
+
+def wake_if_stalled(ctx: WorkerContext) -> bool:
+    """Jobs queued while none runs anywhere: publish a wake-up. Covers a worker lost between
+    ending a job and waking a worker for the jobs its tenant's cap held back (whose messages
+    were used up); at most one message per sweep, and only while nothing runs."""
+    usage = ctx.jobs.usage_by_tenant().values()
+    if any(u.queued for u in usage) and not any(u.running for u in usage):
+        ctx.queue.wake()
+        return True
+    return False
 
 
 def remove_orphan_scratch(ctx: WorkerContext) -> list[str]:
@@ -55,6 +70,8 @@ def start_sweeper(ctx: WorkerContext) -> threading.Thread:
             try:
                 requeue_stale_jobs(ctx)
                 remove_orphan_scratch(ctx)
+                retention.expire_finished(ctx.jobs, ctx.artifacts, ctx.settings.retention)
+                wake_if_stalled(ctx)
             except Exception:
                 log.exception("sweeping for lost jobs failed; retrying")
             stop.wait(interval)

@@ -1,4 +1,4 @@
-"""Run one job: claim it, start the child, watch it, publish its artifacts, record the outcome.
+"""Run one job: claim the next in fair order, start the child, watch it, publish, record it.
 
 The parent never loads a model: the child runs in the sandbox of `worker.sandbox` (no network,
 scratch its only writable place, its own uid, rlimits; docs/sandbox.md), and everything it
@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service import lifecycle
+from service import lifecycle, retention
 from service.schemas import JobProgress, JobRecord
 from service.settings import Settings
 from service.stores.artifacts import ARTIFACT_FILES
@@ -312,15 +312,49 @@ def crash_problem(run: ChildRun, places: dict[str, Path] | None = None) -> dict[
 
 
 def execute(job_id: str, ctx: WorkerContext) -> str | None:
-    """Run the job if it is ours to run; returns its final status (None: not run here)."""
+    """Run the next job in fair order (service/scheduling.py) if one may start; returns its
+    final status (None: nothing run here). The message's `job_id` is only a wake-up: every
+    message lets one job start, whichever tenant's turn it is."""
     settings = ctx.settings
-    record = lifecycle.claim(
-        ctx.jobs, job_id, ctx.name, settings.heartbeat_timeout, settings.max_attempts
+
+    def ended(record: JobRecord) -> None:
+        retention.release_input(ctx.jobs, ctx.artifacts, record.id, settings.keep_inputs)
+
+    record = lifecycle.claim_next(
+        ctx.jobs,
+        ctx.name,
+        settings.heartbeat_timeout,
+        settings.max_attempts,
+        settings.tenant_max_running,
+        ended=ended,
     )
     if record is None or record.run_id is None:
+        log.debug("message %s: no queued job may start now", job_id)
         return None
-    run_id = record.run_id
-    log.info("job %s: started (attempt %d)", job_id, record.attempts)
+    try:
+        return _run(record, ctx)
+    finally:
+        try:
+            ended(record)
+        except Exception:  # the file stays until the job expires; the job's outcome stands
+            log.exception("job %s: could not delete its upload", record.id)
+        wake_for_waiting_jobs(ctx, record.id)
+
+
+def wake_for_waiting_jobs(ctx: WorkerContext, ended_id: str) -> None:
+    """A job's end frees a slot of its tenant: publish a wake-up while jobs wait, since the
+    messages of jobs that were held back by their tenant's cap were used up meanwhile."""
+    try:
+        if any(u.queued for u in ctx.jobs.usage_by_tenant().values()):
+            ctx.queue.wake()
+    except Exception:
+        log.exception("job %s: could not wake a worker for the queued jobs", ended_id)
+
+
+def _run(record: JobRecord, ctx: WorkerContext) -> str | None:
+    settings = ctx.settings
+    job_id, run_id = record.id, record.run_id or ""
+    log.info("job %s: started (attempt %d, tenant %s)", job_id, record.attempts, record.tenant)
     scratch = private_dir(settings.scratch_path) / f"{job_id}-{run_id}"
     scratch.mkdir(mode=DIR_MODE, exist_ok=True)
     try:
@@ -421,10 +455,12 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
     if current.cancel_requested:
         lifecycle.finish(ctx.jobs, job_id, run_id, "canceled", progress=run.progress)
         return "canceled"
-    ctx.artifacts.publish(job_id, scratch / "out", files)
+    published = ctx.artifacts.publish(job_id, scratch / "out", files)
+    size = sum((published / name).stat().st_size for name in files)
     done = lifecycle.finish(
-        ctx.jobs, job_id, run_id, "succeeded", result=summarize(report), progress=run.progress
-    )
+        ctx.jobs, job_id, run_id, "succeeded", result=summarize(report), progress=run.progress,
+        artifact_bytes=size,
+    )  # fmt: skip
     if done is None:
         if ctx.jobs.get(job_id) is None:  # deleted while publishing: leave nothing behind
             ctx.artifacts.delete(job_id)

@@ -1,4 +1,6 @@
-"""The Celery task: one message = one job id; everything else is in the job record."""
+"""The Celery task: one message = one job start. The message names a job id, but the worker
+starts the next job in fair order (worker/runner.py `execute`); everything else is in the job
+record."""
 
 from __future__ import annotations
 

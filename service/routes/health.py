@@ -44,5 +44,6 @@ async def readyz(jobs: JobStoreDep, artifacts: ArtifactStoreDep, queue: QueueDep
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-def metrics(request: Request) -> Response:
+def metrics(request: Request, jobs: JobStoreDep, artifacts: ArtifactStoreDep) -> Response:
+    request.app.state.metrics.observe_stores(jobs.usage_by_tenant(), artifacts.root)
     return request.app.state.metrics.render()

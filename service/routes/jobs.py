@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
-from service import lifecycle
+from service import lifecycle, retention
 from service.deps import (
     ArtifactStoreDep,
     CurrentTenant,
@@ -85,12 +85,16 @@ async def get_job(job: OwnedJob) -> Response:
         **problem_responses(401, 404),
     },
 )
-def cancel_job(job: OwnedJob, jobs: JobStoreDep) -> Response:
+def cancel_job(
+    job: OwnedJob, jobs: JobStoreDep, artifacts: ArtifactStoreDep, settings: SettingsDep
+) -> Response:
     """202 while a running job is being stopped; 200 once the job is final (a finished job is
-    left as it is)."""
+    left as it is). A queued job ends here: its upload goes (service/retention.py)."""
     record = lifecycle.request_cancel(jobs, job.id)
     if record is None:
         raise not_found(job.id)
+    if record.terminal:
+        retention.release_input(jobs, artifacts, job.id, settings.keep_inputs)
     return json_response(JobOut.of(record), 200 if record.terminal else 202)
 
 

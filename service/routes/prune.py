@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service import lifecycle
+from service import lifecycle, quotas
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
 from service.problems import ProblemError, invalid_request, problem_responses
 from service.ratelimit import retry_after
@@ -125,10 +125,14 @@ async def submit(
             f"(bursts of {settings.rate_limit_burst}); retry after {retry_after(wait)} s",
             headers={"Retry-After": retry_after(wait)},
         )  # fmt: skip
+    usage = await run_in_threadpool(jobs.usage, tenant)
+    quotas.check_active_jobs(usage, settings)
+    quotas.check_storage(usage, settings)
     job_id = str(uuid.uuid4())
     upload = artifacts.upload_path(job_id)
     try:
         form = await receive_prune_form(request, upload, settings.max_upload_bytes)
+        quotas.check_storage(usage, settings, form.model_bytes)
         if not form.has_model:
             raise ProblemError(
                 422, "missing_model", "Missing model",
@@ -173,7 +177,12 @@ async def submit(
             jobs.update,
             job_id,
             lambda r: r.model_copy(
-                update={"status": "failed", "finished_at": utcnow(), "error": failed}
+                update={
+                    "status": "failed",
+                    "finished_at": utcnow(),
+                    "error": failed,
+                    "input_held": False,
+                }
             ),
         )
         await run_in_threadpool(artifacts.delete, job_id)

@@ -8,12 +8,32 @@ which every status transition (service/lifecycle.py) is built, so the two cannot
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from service.schemas import JobRecord
 from service.settings import Settings
 
 Change = Callable[[JobRecord], JobRecord | None]
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """What a tenant holds, from the stores' indexes (quotas, fairness, /metrics)."""
+
+    queued: int = 0
+    running: int = 0
+    input_bytes: int = 0  # uploads still held
+    artifact_bytes: int = 0  # published artifacts
+
+    @property
+    def active(self) -> int:
+        return self.queued + self.running
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.input_bytes + self.artifact_bytes
 
 
 class JobStore(Protocol):
@@ -33,6 +53,23 @@ class JobStore(Protocol):
 
     def running(self) -> list[JobRecord]:
         """Every record in status `running` (for requeueing those whose worker was lost)."""
+
+    def claim_next(self, change: Change, max_running: int) -> JobRecord | None:
+        """Atomically pick the next queued job in fair order (service/scheduling.py: round-robin
+        over tenants with fewer than `max_running` running jobs, 0: no cap) and apply `change`
+        to it, in one step, so that two workers can neither take one job nor exceed a tenant's
+        cap. Returns the record as stored afterwards; None when no queued job may start."""
+
+    def usage(self, tenant: str) -> TenantUsage: ...
+
+    def usage_by_tenant(self) -> dict[str, TenantUsage]:
+        """Every tenant that has jobs queued or running or bytes stored."""
+
+    def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` jobs that ended before `cutoff`, oldest first (expiry)."""
+
+    def ensure_indexes(self) -> None:
+        """Index records written before the store had its indexes (after an upgrade)."""
 
     def ping(self) -> None:
         """Raise if the store cannot be reached."""

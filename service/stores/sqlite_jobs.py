@@ -1,7 +1,10 @@
 """Job store in one SQLite file (embedded mode): survives restarts, needs no server.
 
 One connection per thread and process (connections do not survive a fork); WAL so readers never
-wait for the worker's writes; `BEGIN IMMEDIATE` makes `update` an atomic read-modify-write.
+wait for the worker's writes; `BEGIN IMMEDIATE` makes `update` and `claim_next` atomic
+read-modify-writes. Besides the record (`data`, JSON), each row carries the columns the
+indexes need: status, the bytes it holds, and when it ended (epoch seconds); `turns` holds the
+round-robin turn of each tenant (service/scheduling.py).
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from datetime import datetime
 from pathlib import Path
 
+from service.scheduling import pick_tenant
 from service.schemas import JobRecord
-from service.stores import Change
+from service.stores import Change, TenantUsage
 from service.stores.private import create_private_file, private_dir
 
 _SCHEMA = """
@@ -25,7 +30,38 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS turns (tenant TEXT PRIMARY KEY, turn INTEGER NOT NULL);
 """
+#: columns added after the first release; a store file without them is migrated on open
+_ADDED_COLUMNS = {
+    "input_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "artifact_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "finished": "REAL",
+}
+_BACKFILL = """
+UPDATE jobs SET
+    input_bytes = CASE WHEN json_extract(data, '$.input_held') = 0 THEN 0
+                       ELSE COALESCE(json_extract(data, '$.input_bytes'), 0) END,
+    artifact_bytes = COALESCE(json_extract(data, '$.artifact_bytes'), 0),
+    finished = (julianday(json_extract(data, '$.finished_at')) - 2440587.5) * 86400.0
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, tenant, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished) WHERE finished IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_usage ON jobs (tenant, status, input_bytes, artifact_bytes);
+"""
+_COLUMNS = "status = ?, data = ?, input_bytes = ?, artifact_bytes = ?, finished = ?"
+
+
+def _values(record: JobRecord) -> tuple:
+    finished = record.finished_at.timestamp() if record.finished_at is not None else None
+    return (
+        record.status,
+        record.model_dump_json(),
+        record.stored_input_bytes,
+        record.artifact_bytes,
+        finished,
+    )
 
 
 class SqliteJobStore:
@@ -34,8 +70,28 @@ class SqliteJobStore:
         private_dir(self.path.parent)
         create_private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
         self._local = threading.local()
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            missing = {k: v for k, v in _ADDED_COLUMNS.items() if k not in have}
+            for name, kind in missing.items():
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            if missing:
+                conn.execute(_BACKFILL)
+            for statement in _INDEXES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def ensure_indexes(self) -> None:
+        """Nothing to do: opening the file migrated it."""
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -56,8 +112,9 @@ class SqliteJobStore:
     def create(self, record: JobRecord) -> JobRecord:
         conn = self._connect()
         cur = conn.execute(
-            "INSERT INTO jobs (id, tenant, status, data) VALUES (?, ?, ?, ?)",
-            (record.id, record.tenant, record.status, record.model_dump_json()),
+            "INSERT INTO jobs (id, tenant, status, data, input_bytes, artifact_bytes, finished) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (record.id, record.tenant, *_values(record)),
         )
         return record.model_copy(update={"seq": cur.lastrowid})
 
@@ -72,6 +129,13 @@ class SqliteJobStore:
         )
         return [r for r in map(self._load, rows.fetchall()) if r is not None]
 
+    def _apply(self, conn: sqlite3.Connection, current: JobRecord, change: Change) -> JobRecord:
+        new = change(current)
+        if new is None:
+            return current
+        conn.execute(f"UPDATE jobs SET {_COLUMNS} WHERE id = ?", (*_values(new), current.id))
+        return new
+
     def update(self, job_id: str, change: Change) -> JobRecord | None:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
@@ -79,18 +143,41 @@ class SqliteJobStore:
             current = self._load(
                 conn.execute("SELECT seq, data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             )
-            if current is None:
-                conn.execute("COMMIT")
-                return None
-            new = change(current)
-            if new is not None:
-                conn.execute(
-                    "UPDATE jobs SET status = ?, data = ? WHERE id = ?",
-                    (new.status, new.model_dump_json(), job_id),
-                )
-                current = new
+            if current is not None:
+                current = self._apply(conn, current, change)
             conn.execute("COMMIT")
             return current
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def claim_next(self, change: Change, max_running: int) -> JobRecord | None:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")  # one writer at a time: pick and claim are one step
+        try:
+            heads = dict(conn.execute(
+                "SELECT tenant, MIN(seq) FROM jobs WHERE status = 'queued' GROUP BY tenant"
+            ).fetchall())  # fmt: skip
+            running = dict(conn.execute(
+                "SELECT tenant, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY tenant"
+            ).fetchall())  # fmt: skip
+            turns = dict(conn.execute("SELECT tenant, turn FROM turns").fetchall())
+            tenant = pick_tenant(heads, running, turns, max_running)
+            new = None
+            if tenant is not None:
+                row = conn.execute("SELECT seq, data FROM jobs WHERE seq = ?", (heads[tenant],))
+                current = self._load(row.fetchone())
+                assert current is not None
+                new = self._apply(conn, current, change)
+                if new.status == "running":
+                    conn.execute(
+                        "INSERT INTO turns (tenant, turn) "
+                        "VALUES (?, (SELECT COALESCE(MAX(turn), 0) + 1 FROM turns)) "
+                        "ON CONFLICT (tenant) DO UPDATE SET turn = excluded.turn",
+                        (tenant,),
+                    )
+            conn.execute("COMMIT")
+            return new
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -101,6 +188,32 @@ class SqliteJobStore:
     def running(self) -> list[JobRecord]:
         rows = self._connect().execute("SELECT seq, data FROM jobs WHERE status = 'running'")
         return [r for r in map(self._load, rows.fetchall()) if r is not None]
+
+    _USAGE = (
+        "SELECT tenant, SUM(status = 'queued'), SUM(status = 'running'), SUM(input_bytes), "
+        "SUM(artifact_bytes) FROM jobs"
+    )
+
+    @staticmethod
+    def _usage(row: tuple) -> TenantUsage:
+        return TenantUsage(*(int(v or 0) for v in row[1:]))
+
+    def usage(self, tenant: str) -> TenantUsage:
+        row = self._connect().execute(f"{self._USAGE} WHERE tenant = ?", (tenant,)).fetchone()
+        return self._usage(row)
+
+    def usage_by_tenant(self) -> dict[str, TenantUsage]:
+        rows = self._connect().execute(f"{self._USAGE} GROUP BY tenant").fetchall()
+        usage = {row[0]: self._usage(row) for row in rows}
+        return {t: u for t, u in usage.items() if u.active or u.stored_bytes}
+
+    def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
+        rows = self._connect().execute(
+            "SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ? "
+            "ORDER BY finished LIMIT ?",
+            (cutoff.timestamp(), limit),
+        )
+        return [row[0] for row in rows.fetchall()]
 
     def ping(self) -> None:
         self._connect().execute("SELECT 1").fetchone()

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_concurrent_jobs_run_as_distinct_uids(tmp_path):
-    env = base_env(tmp_path / "data", worker_concurrency="2")
+    env = base_env(tmp_path / "data", worker_concurrency="2", tenant_max_running="2")
     model = write_model(tmp_path / "small.pt", small_cnn())
     api, url = start_api(env, tmp_path)
     try:
