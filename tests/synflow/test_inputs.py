@@ -19,6 +19,7 @@ from synflow.feed import resolve_inputs
 from synflow.inputs import InputSpec, format_input_spec, parse_input_spec, parse_input_specs
 from synflow.io.torchscript import read_torchscript
 from tests.synflow import reference
+from tests.synflow.input_nets import Tokens, TwoInputs
 
 # --- parsing -----------------------------------------------------------------------------------
 
@@ -100,32 +101,6 @@ def test_a_contradicting_spec_is_refused_and_a_free_batch_may_change():
 
 
 # --- models ------------------------------------------------------------------------------------
-
-
-class TwoInputs(nn.Module):
-    """Two float tensors, each through its own layer, joined."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(6, 8)
-        self.b = nn.Linear(4, 8)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.a(x) + self.b(y)))
-
-
-class Tokens(nn.Module):
-    """Token ids (int64) -> Embedding -> Linear layers, summed over the sequence."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(50, 16)
-        self.fc1 = nn.Linear(16, 24)
-        self.fc2 = nn.Linear(24, 5)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(self.emb(ids)))).sum(1)
 
 
 def _save(module: nn.Module, path: Path, how: str, example: tuple) -> Path:
