@@ -97,3 +97,36 @@ def test_magnitude_on_bfloat16_ranks_the_weights_themselves(tmp_path):
     expected = reference.select_exact(scores, masks, 0.5)
     report = _check_written(out, module, dtype, expected)
     assert report["flops"]["pruned"] > 0
+
+
+def test_float16_onnx_is_written_back_in_float16(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    torch.manual_seed(4)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 6 * 6, 2)).eval()  # fmt: skip
+    path = tmp_path / "half.onnx"
+    example = (torch.ones(SHAPE, dtype=torch.float16),)
+    torch.onnx.export(module.half(), example, str(path), dynamo=False)
+    out = tmp_path / "out"
+    assert main(["prune", str(path), "--out", str(out), "--sparsity", "0.5",
+                 "--iterations", "2"]) == 0  # fmt: skip
+    expected = reference.reference_synflow(module.float(), SHAPE, 0.5, 2)
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"] == ["float16:1,3,8,8"]
+    total = report["totals"]["prunable"]
+    assert total == 4 * 27 + 2 * 144 and report["totals"]["kept"] == total - math.floor(total / 2)
+    masks = load_file(out / "masks.safetensors")
+    written = {
+        t.name: numpy_helper.to_array(t) for t in onnx.load(out / "model.onnx").graph.initializer
+    }
+    for name, mask in expected.items():
+        assert torch.equal(masks[name], mask), name
+        assert written[name].dtype == np.float16
+        assert np.array_equal(written[name] == 0, ~mask.numpy()), name
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    (y,) = session.run(None, {session.get_inputs()[0].name: np.ones(SHAPE, np.float16)})
+    assert y.dtype == np.float16 and y.shape == (1, 2)

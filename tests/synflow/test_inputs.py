@@ -175,3 +175,21 @@ def test_a_float_input_for_a_token_model_fails_clearly(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("synflow: error: the model ") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_token_model_states_its_int64_input(tmp_path, capsys):
+    torch.manual_seed(3)
+    path = tmp_path / "tokens.onnx"
+    torch.onnx.export(Tokens().eval(), (torch.ones(1, 7, dtype=torch.int64),), str(path),
+                      dynamo=False)  # fmt: skip
+    assert _cli(path, tmp_path / "out", "--sparsity", "0.5", "--iterations", "2") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    total = 16 * 24 + 24 * 5
+    assert report["inputs"] == ["int64:1,7"] and report["totals"]["prunable"] == total
+    assert report["totals"]["kept"] == total // 2
+    capsys.readouterr()
+    # a spec that contradicts the file's own is refused, saying what the model takes
+    assert _cli(path, tmp_path / "o2", "--sparsity", "0.5", "--input-shape", "1,7") == 2
+    err = capsys.readouterr().err
+    assert "dtype float32 where the model takes int64" in err and "Give int64:1,7" in err
+    assert not (tmp_path / "o2").exists()
