@@ -467,6 +467,30 @@ def _find(
     return found
 
 
+#: operators of quantized graphs (QDQ, QOperator and dynamic quantization)
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+    }
+)
+
+
+def refuse_quantized(model: onnx.ModelProto) -> None:
+    """A quantized graph keeps its weights as integers: say so rather than name its operators."""
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise InvalidModelError(
+            f"this is a quantized model ({', '.join(found)}): quantized weights cannot be "
+            "pruned. Prune the float model first, then quantize the pruned model"
+        )
+
+
 def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel:
     """Check, convert and wrap an ONNX file; raises InvalidModelError for anything unusable."""
     path = Path(path)
@@ -474,6 +498,7 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
     original = _parse(path, limits)
     _check_structure(original, limits)
     _check_onnx(original)
+    refuse_quantized(original)
     inputs, free_axes = stated_inputs(original)
     prepared = prepare_for_conversion(original)
     module = _convert(prepared)
