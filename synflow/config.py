@@ -43,8 +43,8 @@ class PruneConfig(BaseModel):
     )
     input_shape: tuple[int, ...] | None = Field(
         None,
-        description="shape of the all-ones input, batch first, e.g. 1,3,224,224 "
-        "(required for TorchScript; read from the graph for ONNX when static)",
+        description="shape of the one float all-ones input, batch first, e.g. 1,3,224,224: the "
+        "shorthand for one input spec (TorchScript needs it or inputs; ONNX states its own)",
     )
     inputs: tuple[InputSpec, ...] | None = Field(
         None,

@@ -534,6 +534,30 @@ def _find(
     return found
 
 
+#: operators of quantized graphs (QDQ, QOperator and dynamic quantization)
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+    }
+)
+
+
+def refuse_quantized(model: onnx.ModelProto) -> None:
+    """A quantized graph keeps its weights as integers: say so rather than name its operators."""
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise InvalidModelError(
+            f"this is a quantized model ({', '.join(found)}): quantized weights cannot be "
+            "pruned. Prune the float model first, then quantize the pruned model"
+        )
+
+
 def load_onnx(
     path: str | Path, limits: OnnxLimits | None = None, data_dir: Path | None = None
 ) -> LoadedModel:
@@ -548,6 +572,7 @@ def load_onnx(
     _check_structure(original, limits)
     refs = _external(original, data_dir)
     _check_onnx(_without_external_data(original, refs))
+    refuse_quantized(original)
     if refs:
         read_external_data(refs, data_dir, limits)
     inputs, free_axes = stated_inputs(original)

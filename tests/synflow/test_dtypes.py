@@ -13,14 +13,11 @@ from safetensors.torch import load_file
 
 from synflow.cli import main
 from synflow.io.torchscript import read_torchscript
-from tests.synflow import nets, reference
+from tests.synflow import reference
+from tests.synflow.input_nets import half_model
 
 SHAPE = (1, 3, 8, 8)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _model(dtype: torch.dtype) -> torch.nn.Module:
-    return nets.randomize_batchnorm(nets.seeded(nets.ResCNN, seed=5)).eval().to(dtype)
 
 
 def _save(module: torch.nn.Module, path: Path, how: str, dtype: torch.dtype) -> Path:
@@ -54,13 +51,13 @@ def _check_written(out: Path, module: torch.nn.Module, dtype: torch.dtype, expec
 @pytest.mark.parametrize("name", sorted(DTYPES))
 def test_half_models_prune_and_keep_their_dtype(tmp_path, name, how):
     dtype = DTYPES[name]
-    module = _model(dtype)
+    module = half_model(dtype)
     path = _save(module, tmp_path / "m.pt", how, dtype)
     out = tmp_path / "out"
     assert main(["prune", str(path), "--out", str(out), "--sparsity", "0.9",
                  "--iterations", "5", "--input-shape", "1,3,8,8"]) == 0  # fmt: skip
     # the scorer linearises the float32 copy of the same values: the reference on module.float()
-    expected = reference.reference_synflow(_model(dtype).float(), SHAPE, 0.1, 5)
+    expected = reference.reference_synflow(half_model(dtype).float(), SHAPE, 0.1, 5)
     report = _check_written(out, module, dtype, expected)
     total = report["totals"]["prunable"]
     assert total == sum(m.numel() for m in expected.values())
@@ -68,9 +65,9 @@ def test_half_models_prune_and_keep_their_dtype(tmp_path, name, how):
     assert report["precision"] == "float32" and report["flops"]["pruned"] > 0
 
 
-def test_float64_scoring_of_a_float16_model(tmp_path):
+def test_float64_scoring_of_a_float16half_model(tmp_path):
     dtype = torch.float16
-    module = _model(dtype)
+    module = half_model(dtype)
     path = _save(module, tmp_path / "m.pt", "script", dtype)
     out = tmp_path / "out"
     assert main(["prune", str(path), "--out", str(out), "--compression", "10", "--iterations",
@@ -78,7 +75,9 @@ def test_float64_scoring_of_a_float16_model(tmp_path):
     names = reference.prunable_names(module)
     masks = {n: torch.ones_like(module.state_dict()[n], dtype=torch.bool) for n in names}
     for t in range(1, 4):
-        scores, _ = reference.synflow_scores(_model(dtype).double(), masks, SHAPE, torch.float64)
+        scores, _ = reference.synflow_scores(
+            half_model(dtype).double(), masks, SHAPE, torch.float64
+        )
         masks = reference.select_exact(scores, masks, 0.1 ** (t / 3))
     report = _check_written(out, module, dtype, masks)
     assert report["precision"] == "float64"
@@ -86,7 +85,7 @@ def test_float64_scoring_of_a_float16_model(tmp_path):
 
 def test_magnitude_on_bfloat16_ranks_the_weights_themselves(tmp_path):
     dtype = torch.bfloat16
-    module = _model(dtype)
+    module = half_model(dtype)
     path = _save(module, tmp_path / "m.pt", "script", dtype)
     out = tmp_path / "out"
     assert main(["prune", str(path), "--out", str(out), "--sparsity", "0.5",
@@ -98,3 +97,36 @@ def test_magnitude_on_bfloat16_ranks_the_weights_themselves(tmp_path):
     expected = reference.select_exact(scores, masks, 0.5)
     report = _check_written(out, module, dtype, expected)
     assert report["flops"]["pruned"] > 0
+
+
+def test_float16_onnx_is_written_back_in_float16(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    torch.manual_seed(4)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 6 * 6, 2)).eval()  # fmt: skip
+    path = tmp_path / "half.onnx"
+    example = (torch.ones(SHAPE, dtype=torch.float16),)
+    torch.onnx.export(module.half(), example, str(path), dynamo=False)
+    out = tmp_path / "out"
+    assert main(["prune", str(path), "--out", str(out), "--sparsity", "0.5",
+                 "--iterations", "2"]) == 0  # fmt: skip
+    expected = reference.reference_synflow(module.float(), SHAPE, 0.5, 2)
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"] == ["float16:1,3,8,8"]
+    total = report["totals"]["prunable"]
+    assert total == 4 * 27 + 2 * 144 and report["totals"]["kept"] == total - math.floor(total / 2)
+    masks = load_file(out / "masks.safetensors")
+    written = {
+        t.name: numpy_helper.to_array(t) for t in onnx.load(out / "model.onnx").graph.initializer
+    }
+    for name, mask in expected.items():
+        assert torch.equal(masks[name], mask), name
+        assert written[name].dtype == np.float16
+        assert np.array_equal(written[name] == 0, ~mask.numpy()), name
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    (y,) = session.run(None, {session.get_inputs()[0].name: np.ones(SHAPE, np.float16)})
+    assert y.dtype == np.float16 and y.shape == (1, 2)

@@ -180,3 +180,18 @@ def test_remote_cli_on_an_unreachable_service(tmp_path, rescnn_path):
         assert "Traceback" not in err and "\n" not in err, err
         assert f"cannot reach the service at http://127.0.0.1:{port}" in err
         assert "synflow serve" in err
+
+
+def test_quantized_onnx_model(tmp_path, capsys):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    float_path, quantized_path = tmp_path / "float.onnx", tmp_path / "quantized.onnx"
+    float_model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(float_model, (torch.ones(1, 4),), str(float_path), dynamo=False)
+    quantize_dynamic(str(float_path), str(quantized_path), weight_type=QuantType.QInt8)
+    err = _error(capsys, _prune(quantized_path, tmp_path / "out"))
+    assert "quantized model (DynamicQuantizeLinear, MatMulInteger)" in err
+    assert "Prune the float model first, then quantize" in err
+    assert not (tmp_path / "out").exists()

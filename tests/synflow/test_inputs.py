@@ -19,6 +19,7 @@ from synflow.feed import resolve_inputs
 from synflow.inputs import InputSpec, format_input_spec, parse_input_spec, parse_input_specs
 from synflow.io.torchscript import read_torchscript
 from tests.synflow import reference
+from tests.synflow.input_nets import Tokens, TwoInputs
 
 # --- parsing -----------------------------------------------------------------------------------
 
@@ -102,32 +103,6 @@ def test_a_contradicting_spec_is_refused_and_a_free_batch_may_change():
 # --- models ------------------------------------------------------------------------------------
 
 
-class TwoInputs(nn.Module):
-    """Two float tensors, each through its own layer, joined."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(6, 8)
-        self.b = nn.Linear(4, 8)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.a(x) + self.b(y)))
-
-
-class Tokens(nn.Module):
-    """Token ids (int64) -> Embedding -> Linear layers, summed over the sequence."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(50, 16)
-        self.fc1 = nn.Linear(16, 24)
-        self.fc2 = nn.Linear(24, 5)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(self.emb(ids)))).sum(1)
-
-
 def _save(module: nn.Module, path: Path, how: str, example: tuple) -> Path:
     torch.manual_seed(0)
     module = module.eval()
@@ -200,3 +175,21 @@ def test_a_float_input_for_a_token_model_fails_clearly(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("synflow: error: the model ") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_token_model_states_its_int64_input(tmp_path, capsys):
+    torch.manual_seed(3)
+    path = tmp_path / "tokens.onnx"
+    torch.onnx.export(Tokens().eval(), (torch.ones(1, 7, dtype=torch.int64),), str(path),
+                      dynamo=False)  # fmt: skip
+    assert _cli(path, tmp_path / "out", "--sparsity", "0.5", "--iterations", "2") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    total = 16 * 24 + 24 * 5
+    assert report["inputs"] == ["int64:1,7"] and report["totals"]["prunable"] == total
+    assert report["totals"]["kept"] == total // 2
+    capsys.readouterr()
+    # a spec that contradicts the file's own is refused, saying what the model takes
+    assert _cli(path, tmp_path / "o2", "--sparsity", "0.5", "--input-shape", "1,7") == 2
+    err = capsys.readouterr().err
+    assert "dtype float32 where the model takes int64" in err and "Give int64:1,7" in err
+    assert not (tmp_path / "o2").exists()
