@@ -306,10 +306,22 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
     (control / "plan.json").write_text(json.dumps(plan))
     grants = []
     if os.geteuid() == 0 and policy.drop_privileges:
-        grants = [_Grant(Path(f), policy.gid) for f in policy.granted_files]
+        for name in policy.granted_files:
+            with contextlib.suppress(FileNotFoundError):  # gone: the job fails to read it
+                grants.append(_Grant(Path(name), policy.gid))
     start_wall = time.time()
+    try:
+        launcher = _start_launcher(control)
+    except BaseException:
+        for grant in grants:
+            grant.revoke()
+        raise
+    return SandboxedProcess(launcher, policy, control, start_wall, grants)
+
+
+def _start_launcher(control: Path) -> subprocess.Popen:
     with open(control / "launcher.log", "wb") as log:
-        launcher = subprocess.Popen(
+        return subprocess.Popen(
             # -S: site-packages and its .pth hooks cost ~50 ms and the launcher needs none of it
             [sys.executable, "-S", "-m", "worker.sandbox.launcher", str(control)],
             cwd=PROJECT_ROOT,
@@ -320,7 +332,6 @@ def start(argv: list[str], policy: SandboxPolicy) -> SandboxedProcess:
             start_new_session=True,
             close_fds=True,
         )
-    return SandboxedProcess(launcher, policy, control, start_wall, grants)
 
 
 def _make_code_view(scratch: Path) -> None:
