@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 import torch
 
 from synflow.config import PruneConfig
+from synflow.discovery import DenseParameter
 from synflow.errors import InvalidInputShapeError, PruningCanceled
 from synflow.masks import Masks
-from synflow.model import LoadedModel, PrunableTensor
+from synflow.model import Discovery, LoadedModel, PrunableTensor
 from synflow.schedule import density_at
 from synflow.scorers.base import Scorer, ScoringContext
 from synflow.scorers.registry import scorer_spec
+from synflow.scorers.synflow import forward_failure
 from synflow.selection import select_inplace
 
 
@@ -47,12 +49,34 @@ class PruneResult:
     #: (a, b) when float32 ran with the input scaled by 2^a and the backward seed by 2^b
     scale: tuple[int, int] | None = None
     precision_note: str | None = None  # why the run left float32, when it did
+    #: every parameter left dense, with the reason
+    dense: list[DenseParameter] = field(default_factory=list)
+    discovery: str = ""  # how the prunable parameters were found ("ops", "layer type", ...)
 
 
 def resolve_input_shape(model: LoadedModel, config: PruneConfig) -> tuple[int, ...] | None:
     if config.input_shape is not None:
         return config.input_shape
     return model.input_shape
+
+
+def discover(
+    model: LoadedModel, config: PruneConfig, input_shape: tuple[int, ...] | None, device
+) -> Discovery:
+    """The prunable parameters, from the ops the model runs on the all-ones input (when known)."""
+    inputs = None
+    if input_shape is not None:
+        inputs = (torch.ones(input_shape, dtype=torch.float32, device=device),)
+    try:
+        return model.discover(
+            config.prune_bias,
+            config.prune_batchnorm,
+            config.exclude,
+            prune_embedding=config.prune_embedding,
+            inputs=inputs,
+        )
+    except (RuntimeError, torch.jit.Error, IndexError) as exc:
+        raise forward_failure(exc, input_shape) from exc
 
 
 def prune(
@@ -67,9 +91,6 @@ def prune(
     """Compute masks for `model` as `config` asks. The module is left as it was given."""
     started = time.perf_counter()
     device = torch.device(device)
-    tensors = model.prunable(config.prune_bias, config.prune_batchnorm, config.exclude)
-    named = dict(model.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
     input_shape = resolve_input_shape(model, config)
     spec = scorer_spec(config.method)
     if input_shape is None and spec.name == "synflow":
@@ -79,21 +100,25 @@ def prune(
         )
     if device.type != "cpu":
         model.module.to(device)
-    ctx = ScoringContext(
-        model=model,
-        tensors=tensors,
-        params=params,
-        input_shape=input_shape,
-        device=device,
-        generator=torch.Generator().manual_seed(config.seed),
-        precision=precision,
-    )
-    iterations = config.resolved_iterations
-    masks = Masks.dense_flat(params)
     history: list[float] = []
     used_precision = "float32"
     scale = note = None
     try:
+        found = discover(model, config, input_shape, device)
+        tensors = found.prunable
+        named = dict(model.module.named_parameters())
+        params = {t.key: named[t.param_name] for t in tensors}
+        ctx = ScoringContext(
+            model=model,
+            tensors=tensors,
+            params=params,
+            input_shape=input_shape,
+            device=device,
+            generator=torch.Generator().manual_seed(config.seed),
+            precision=precision,
+        )
+        iterations = config.resolved_iterations
+        masks = Masks.dense_flat(params)
         with spec.load()(ctx) as scorer:
             for t in range(1, iterations + 1):
                 if should_cancel is not None and should_cancel():
@@ -120,6 +145,8 @@ def prune(
         history=history,
         scale=scale,
         precision_note=note,
+        dense=found.dense,
+        discovery=found.method,
     )
 
 
