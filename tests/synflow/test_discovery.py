@@ -406,3 +406,22 @@ def test_discovery_does_not_change_the_model():
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # BatchNorm running stats untouched (eval pass)
+
+
+def test_onnx_keeps_its_initializer_rule_and_lists_the_dense(tmp_path):
+    """ONNX: keys are initializer names, the finder is the initializer rule, and the report's
+    dense list gives each bias its reason."""
+    import onnx
+
+    from synflow.pipeline import prune_file
+    from tests.synflow.onnx_nets import build, export
+
+    path = export(build("mlp"), torch.ones(1, 20), tmp_path / "mlp.onnx", "legacy17")
+    config = PruneConfig(sparsity=0.5, iterations=1)
+    report = prune_file(path, config, tmp_path / "out")
+    assert report["discovery"] == "onnx"
+    names = {t.name for t in onnx.load(str(path)).graph.initializer}
+    pruned = {r["name"] for r in report["layers"]}
+    dense = {d["name"]: d["reason"] for d in report["dense"]}
+    assert pruned | set(dense) == names and not pruned & set(dense)
+    assert dense and set(dense.values()) == {OPTION_OFF["bias"]}
