@@ -151,17 +151,19 @@ class LoadedModel:
         return result
 
     def _sorted(self, found, candidates, exclude, flags, method: str) -> Discovery:
-        """Dense reasons for a finder's result; `candidates` = what it finds with every flag."""
-        prunable, dense = [], []
+        """A finder's result (in its own order) minus `exclude`, and the dense parameters with
+        their reasons; `candidates` = what the finder finds with every flag on."""
+        excluded = {t.param_name for t in found if discovery.matches(exclude, t.key, t.param_name)}
+        prunable = [t for t in found if t.param_name not in excluded]
         chosen = {t.param_name for t in found}
+        dense = []
         for name, p in self.module.named_parameters():
             key = self.key_of(name)
             shape = tuple(p.shape)
-            if name in chosen:
-                if discovery.matches(exclude, key, name):
-                    dense.append(DenseParameter(key, name, shape, discovery.EXCLUDED))
-                else:
-                    prunable.append(next(t for t in found if t.param_name == name))
+            if name in excluded:
+                dense.append(DenseParameter(key, name, shape, discovery.EXCLUDED))
+            elif name in chosen:
+                continue
             elif not p.is_floating_point():
                 dense.append(DenseParameter(key, name, shape, discovery.INTEGER_DTYPE))
             elif name in candidates and candidates[name].role in discovery.OPTION_OFF:
