@@ -425,3 +425,18 @@ def test_onnx_keeps_its_initializer_rule_and_lists_the_dense(tmp_path):
     dense = {d["name"]: d["reason"] for d in report["dense"]}
     assert pruned | set(dense) == names and not pruned & set(dense)
     assert dense and set(dense.values()) == {OPTION_OFF["bias"]}
+
+
+def test_cli_prune_embedding_flag(tmp_path):
+    from safetensors.torch import load_file
+
+    from synflow.cli import main
+
+    path = tmp_path / "tokens.pt"
+    save_torchscript(nets.as_loaded(nets.seeded(TokenModel), "script"), path)
+    args = ["prune", str(path), "--sparsity", "0.5", "--input-shape", "1,3", "--iterations", "1"]
+    assert main([*args, "--out", str(tmp_path / "dense")]) == 0
+    assert set(load_file(str(tmp_path / "dense" / "masks.safetensors"))) == {"head.weight"}
+    assert main([*args, "--prune-embedding", "--out", str(tmp_path / "sparse")]) == 0
+    masks = load_file(str(tmp_path / "sparse" / "masks.safetensors"))
+    assert set(masks) == {"emb.weight", "bag.weight", "head.weight"}
