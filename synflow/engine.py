@@ -15,11 +15,12 @@ import torch
 
 from synflow.config import PruneConfig
 from synflow.device import check_device
+from synflow.discovery import DenseParameter
 from synflow.errors import InvalidInputShapeError, PruningCanceled
-from synflow.feed import resolve_inputs
+from synflow.feed import forward_failure, model_dtype, ones_inputs, resolve_inputs, runs_on
 from synflow.inputs import InputSpec
 from synflow.masks import Masks
-from synflow.model import LoadedModel, PrunableTensor
+from synflow.model import Discovery, LoadedModel, PrunableTensor
 from synflow.schedule import density_at
 from synflow.scorers.base import Scorer, ScoringContext
 from synflow.scorers.registry import scorer_spec
@@ -50,11 +51,40 @@ class PruneResult:
     #: (a, b) when float32 ran with the input scaled by 2^a and the backward seed by 2^b
     scale: tuple[int, int] | None = None
     precision_note: str | None = None  # why the run left float32, when it did
+    #: every parameter left dense, with the reason
+    dense: list[DenseParameter] = field(default_factory=list)
+    discovery: str = ""  # how the prunable parameters were found ("ops", "layer type", ...)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         """The shape of the one input, when there was exactly one."""
         return self.inputs[0].shape if self.inputs is not None and len(self.inputs) == 1 else None
+
+
+def discover(
+    model: LoadedModel,
+    config: PruneConfig,
+    inputs: tuple[InputSpec, ...] | None,
+    device: torch.device,
+) -> Discovery:
+    """The prunable parameters, from the ops the model runs on the all-ones inputs (when known)."""
+    fed = None
+    if inputs is not None:
+        floating = model_dtype(model.module)
+        fed = ones_inputs(inputs, floating, device)
+    try:
+        return model.discover(
+            config.prune_bias,
+            config.prune_batchnorm,
+            config.exclude,
+            prune_embedding=config.prune_embedding,
+            inputs=fed,
+        )
+    except (RuntimeError, torch.jit.Error, IndexError) as exc:
+        assert inputs is not None  # without inputs nothing runs the model
+        raise forward_failure(
+            exc, inputs, retry=lambda specs: runs_on(model.module, specs, floating)
+        ) from exc
 
 
 def prune(
@@ -69,9 +99,6 @@ def prune(
     """Compute masks for `model` as `config` asks. The module is left as it was given."""
     started = time.perf_counter()
     device = check_device(device)
-    tensors = model.prunable(config.prune_bias, config.prune_batchnorm, config.exclude)
-    named = dict(model.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
     inputs = resolve_inputs(model, config)
     spec = scorer_spec(config.method)
     if inputs is None and spec.name == "synflow":
@@ -81,21 +108,25 @@ def prune(
         )
     if device.type != "cpu":
         model.module.to(device)
-    ctx = ScoringContext(
-        model=model,
-        tensors=tensors,
-        params=params,
-        inputs=inputs,
-        device=device,
-        generator=torch.Generator().manual_seed(config.seed),
-        precision=precision,
-    )
-    iterations = config.resolved_iterations
-    masks = Masks.dense_flat(params)
     history: list[float] = []
     used_precision = "float32"
     scale = note = None
     try:
+        found = discover(model, config, inputs, device)
+        tensors = found.prunable
+        named = dict(model.module.named_parameters())
+        params = {t.key: named[t.param_name] for t in tensors}
+        ctx = ScoringContext(
+            model=model,
+            tensors=tensors,
+            params=params,
+            inputs=inputs,
+            device=device,
+            generator=torch.Generator().manual_seed(config.seed),
+            precision=precision,
+        )
+        iterations = config.resolved_iterations
+        masks = Masks.dense_flat(params)
         with spec.load()(ctx) as scorer:
             for t in range(1, iterations + 1):
                 if should_cancel is not None and should_cancel():
@@ -122,6 +153,8 @@ def prune(
         history=history,
         scale=scale,
         precision_note=note,
+        dense=found.dense,
+        discovery=found.method,
     )
 
 
