@@ -262,6 +262,12 @@ def _convert(prepared: onnx.ModelProto) -> fx.GraphModule:
     from synflow.io.onnx_ops import ensure_registered
 
     ensure_registered()
+    if any(t.data_type == onnx.TensorProto.BFLOAT16 for t in prepared.graph.initializer):
+        raise InvalidModelError(
+            "bfloat16 ONNX graphs are not supported: the ONNX-to-torch converter cannot read "
+            "bfloat16 tensors. Export the model in float32 or float16 (SynFlow scores in float32 "
+            "either way), or upload it as TorchScript or torch.export .pt2, which keep bfloat16"
+        )
     missing = _unsupported_ops(prepared)
     if missing:
         raise InvalidModelError(

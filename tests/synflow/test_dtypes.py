@@ -11,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import synflow
 from synflow.cli import main
+from synflow.errors import InvalidModelError
 from synflow.io.torchscript import read_torchscript
 from tests.synflow import reference
 from tests.synflow.input_nets import half_model
@@ -130,3 +132,13 @@ def test_float16_onnx_is_written_back_in_float16(tmp_path):
     session = onnxruntime.InferenceSession(str(out / "model.onnx"))
     (y,) = session.run(None, {session.get_inputs()[0].name: np.ones(SHAPE, np.float16)})
     assert y.dtype == np.float16 and y.shape == (1, 2)
+
+
+def test_a_bfloat16_onnx_graph_is_refused_with_what_to_do(tmp_path):
+    """onnx2torch cannot read bfloat16 initializers: say so, and name the formats that work."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    model = model.eval().to(torch.bfloat16)
+    path = tmp_path / "bf16.onnx"
+    torch.onnx.export(model, (torch.ones(1, 4, dtype=torch.bfloat16),), str(path), dynamo=False)
+    with pytest.raises(InvalidModelError, match="bfloat16 ONNX graphs are not supported"):
+        synflow.load_model(path)
