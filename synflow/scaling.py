@@ -25,6 +25,7 @@ activation) makes the network "not homogeneous", and the caller falls back to fl
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -385,9 +386,14 @@ def choose_exponents(
 
 
 def trace_forward(
-    module: torch.nn.Module, x: torch.Tensor, state: dict[int, torch.Tensor]
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    state: dict[int, torch.Tensor],
+    inner: TorchDispatchMode | None = None,
 ) -> Trace:
     """Run `module(x)` (x of degree 1) under the tracer; `state` = id -> every parameter/buffer.
+    `inner`: a mode entered inside the tracer (it sees the ops that mode issues instead of the
+    ones it replaces: `synflow.linearise`).
 
     Returns the output with the degree of every state tensor the pass used, the magnitude ranges
     of the forward values (and of the scaled constants), and the intermediates for backward hooks;
@@ -395,7 +401,7 @@ def trace_forward(
     """
     tracer = HomogeneityTracer(state)
     tracer.mark(x, 1)
-    with tracer:
+    with tracer, inner or contextlib.nullcontext():
         output = module(x)
     trace = Trace(output, tracer.error)
     if trace.error is not None:

@@ -27,14 +27,19 @@ import re
 from typing import Self
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
+from synflow.linearise import Linearised
 from synflow.masks import Masks, flat_buffer, flat_view
 from synflow.scaling import Range, choose_exponents, log2_range, trace_forward
 from synflow.scorers.base import Scorer
 
 #: Re-centre the power-of-two scale when log2(R) has moved this far since it was chosen.
 RECENTRE_DRIFT = 8.0
+#: A float32 round with R below 2^this (or R = 0) may have lost small scores to underflow: `auto`
+#: rescales it (scores are about R / N; N up to 2^40 still leaves them normal).
+UNDERFLOW_LOG2 = -64.0
 
 
 #: words of torch's messages for an input whose shape the model cannot take
@@ -197,7 +202,7 @@ class SynFlowScorer(Scorer):
         """The scores in the scorer's own buffers (the live parameters), valid until the next
         call; the caller may overwrite them."""
         flow, ok = self._round(masks, record=self._recentre)
-        if not ok and self.ctx.precision == "auto":
+        if self.ctx.precision == "auto" and (not ok or self._underflowed(flow)):
             flow, ok = self._recover(masks)
         if not ok:
             raise DegenerateFlowError(
@@ -213,9 +218,21 @@ class SynFlowScorer(Scorer):
         self.flow = float(flow) * 2.0 ** (-a * self._output_degree)
         return {key: p.detach() for key, p in self.ctx.params.items()}
 
+    def _underflowed(self, flow: torch.Tensor) -> bool:
+        """Whether a float32 round may have lost scores to underflow: R is zero or no score is
+        positive, or, unscaled, R is so small that scores near R / N go subnormal (a chosen scale
+        already placed every measured value in range, R included). Rescaling a round that did
+        not need it costs one float64 pass, nothing else."""
+        if self.dtype != torch.float32:
+            return False
+        value = float(flow)
+        if value <= 0.0 or not self._any_positive:
+            return True
+        return self.scale is None and math.log2(value) < UNDERFLOW_LOG2
+
     def _recover(self, masks: Masks) -> tuple[torch.Tensor, bool]:
-        """After a non-finite float32 round: rescale by powers of two if the network allows it,
-        else continue in float64."""
+        """After a float32 round that overflowed or underflowed: rescale by powers of two if the
+        network allows it, else continue in float64."""
         if self.dtype == torch.float32:
             self.scale = None
             self._flow_log2 = None
@@ -227,9 +244,13 @@ class SynFlowScorer(Scorer):
                     self.scale = chosen[:2]
                     self._linearize(torch.float32)
                     flow, ok = self._round(masks, record=False)
-                    if ok:
+                    if ok and not self._underflowed(flow):
                         return flow, ok
-                    self.note = "float32 overflowed even with power-of-two rescaling"
+                    self.note = (
+                        "float32 overflowed even with power-of-two rescaling"
+                        if not ok
+                        else "float32 underflowed even with power-of-two rescaling"
+                    )
                 else:
                     self.note = "the flow spans more binary orders than float32 holds"
             elif self._trace_error is not None:
@@ -296,11 +317,18 @@ class SynFlowScorer(Scorer):
         self._trace_error = None
         self._ranges: list[Range] = []
         self._recording = False
+        linear = Linearised()  # this pass's forward and backward (see synflow.linearise)
         try:
-            with torch.enable_grad():
+            # the math attention kernel shows its softmax to `linear`; TorchScript's optimised
+            # execution would differentiate some ops itself, behind `linear`'s back
+            with (
+                torch.enable_grad(),
+                sdpa_kernel([SDPBackend.MATH]),
+                torch.jit.optimized_execution(False),
+            ):
                 if record:
                     state = {id(t): t for t, _, _ in self._saved.values()}
-                    trace = trace_forward(module, x, state)
+                    trace = trace_forward(module, x, state, inner=linear)
                     output, self._trace_error = trace.output, trace.error
                     if self._trace_error is None:
                         self._degrees = trace.degrees
@@ -309,7 +337,8 @@ class SynFlowScorer(Scorer):
                         self._trace_output_degree = trace.output_degree
                         self._output_degree = trace.output_degree
                 else:
-                    output = module(x)
+                    with linear:
+                        output = module(x)
                 flow = output_sum(output)
         except (RuntimeError, torch.jit.Error) as exc:
             raise forward_failure(exc, self.ctx.input_shape) from exc
@@ -329,12 +358,14 @@ class SynFlowScorer(Scorer):
                 for p in params:
                     hooks.append(p.register_post_accumulate_grad_hook(self._scorer(scored)))
                 try:
-                    flow.backward(seed)
+                    with linear:
+                        flow.backward(seed)
                 finally:
                     for h in hooks:
                         h.remove()
             else:
-                grads = torch.autograd.grad(flow, params, seed, allow_unused=True)
+                with linear:
+                    grads = torch.autograd.grad(flow, params, seed, allow_unused=True)
                 for h in hooks:
                     h.remove()
                 for p, g in zip(params, grads, strict=True):
