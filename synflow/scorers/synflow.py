@@ -115,6 +115,13 @@ class SynFlowScorer(Scorer):
         #: float32's range)
         self.flow: float | None = None
         self._output_degree = 1
+        #: rounds scored so far
+        self.rounds = 0
+        #: key -> (first round, cause) of each prunable tensor whose remaining weights all
+        #: scored 0 in some round (see `zero_cause`)
+        self.zero_layers: dict[str, tuple[int, str]] = {}
+        #: aten ops the scoring passes replaced by their linear part, and how often per pass
+        self.linearised: dict[str, int] = {}
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -210,10 +217,12 @@ class SynFlowScorer(Scorer):
                 "its layers multiply the all-ones input beyond the floating-point range. "
                 "Rescale the initialisation or prune a shallower model"
             )
+        self.rounds += 1
         if float(flow) == 0.0:
             raise DegenerateFlowError(self._zero_flow_message(masks))
         if not self._any_positive:
             raise DegenerateFlowError(self._zero_flow_message(masks))
+        self._note_zero_layers(masks)
         a = self.scale[0] if self.scale else 0
         self.flow = float(flow) * 2.0 ** (-a * self._output_degree)
         return {key: p.detach() for key, p in self.ctx.params.items()}
@@ -318,6 +327,7 @@ class SynFlowScorer(Scorer):
         self._ranges: list[Range] = []
         self._recording = False
         linear = Linearised()  # this pass's forward and backward (see synflow.linearise)
+        self.linearised = linear.replaced
         try:
             # the math attention kernel shows its softmax to `linear`; TorchScript's optimised
             # execution would differentiate some ops itself, behind `linear`'s back
@@ -426,6 +436,26 @@ class SynFlowScorer(Scorer):
                 hooks.append(tensor.register_hook(record))
         return hooks
 
+    def _note_zero_layers(self, masks: Masks) -> None:
+        """Remember the tensors whose remaining weights all score 0 this round, with the cause."""
+        with torch.no_grad():
+            for key, p in self.ctx.params.items():
+                if key in self.zero_layers or p.numel() == 0 or bool(p.amax() > 0):
+                    continue
+                mask = masks[key].to(p.device)
+                if not bool(mask.any()):
+                    continue  # pruned away: the report lists it as collapsed
+                self.zero_layers[key] = (self.rounds, self._zero_cause(key, mask))
+
+    def _zero_cause(self, key: str, mask: torch.Tensor) -> str:
+        original = self._saved[id(self.ctx.params[key])][1]
+        if not bool((original.ne(0) & mask).any()):
+            return "zero weights: all its remaining weights are 0"
+        return (
+            "dead branch: no flow reaches it (its output does not reach the model's output, or "
+            "an all-zero layer or an op with zero derivative lies on every path)"
+        )
+
     def _zero_flow_message(self, masks: Masks) -> str:
         zero_layers = [  # the live parameters hold scores now: look at the kept originals
             key
@@ -435,9 +465,10 @@ class SynFlowScorer(Scorer):
         emptied = [key for key, m in masks.items() if not bool(m.any())]
         if emptied:
             return (
-                "synaptic flow is zero: pruning emptied "
+                f"synaptic flow is zero after round {self.rounds}: pruning emptied "
                 + ", ".join(emptied[:5])
-                + " so nothing reaches the output; lower the compression"
+                + " (every remaining weight of it scored below the threshold), so nothing "
+                "reaches the output; lower the sparsity, or keep such layers dense with exclude"
             )
         if zero_layers:
             return (
