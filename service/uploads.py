@@ -17,11 +17,15 @@ MODEL_PART = "model"
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 32
 FORM_OVERHEAD = MAX_FIELDS * MAX_FIELD_BYTES  # what the body may carry besides the model
+#: fields that may be given more than once, in order (one `input` per forward argument)
+REPEATABLE_FIELDS = frozenset({"input"})
 
 
 @dataclass
 class PruneForm:
     fields: dict[str, str] = field(default_factory=dict)
+    #: the values of each repeatable field, in the order they came
+    repeated: dict[str, list[str]] = field(default_factory=dict)
     model_bytes: int = 0
     has_model: bool = False
 
@@ -58,7 +62,7 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
     form = PruneForm()
     state: dict = {"headers": {}, "header_field": b"", "header_value": b"", "part": None}
     sink: dict[str, BinaryIO | None] = {"file": None}
-    buffers: dict[str, bytearray] = {}
+    buffers: list[tuple[str, bytearray]] = []
 
     def on_part_begin() -> None:
         state["headers"], state["part"] = {}, None
@@ -85,11 +89,11 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
             form.has_model = True
             sink["file"] = model_path.open("wb")
         else:
-            if name in buffers:
+            if name not in REPEATABLE_FIELDS and any(n == name for n, _ in buffers):
                 raise _bad_form(f"field {name!r} is given twice")
             if len(buffers) >= MAX_FIELDS:
                 raise _bad_form(f"more than {MAX_FIELDS} fields")
-            buffers[name] = bytearray()
+            buffers.append((name, bytearray()))
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -100,7 +104,7 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
             assert sink["file"] is not None
             sink["file"].write(chunk)
         else:
-            buf = buffers[state["part"]]
+            buf = buffers[-1][1]
             buf += chunk
             if len(buf) > MAX_FIELD_BYTES:
                 raise _bad_form(f"field {state['part']!r} is longer than {MAX_FIELD_BYTES} bytes")
@@ -133,9 +137,13 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
     finally:
         if sink["file"] is not None:
             sink["file"].close()
-    for name, buf in buffers.items():
+    for name, buf in buffers:
         try:
-            form.fields[name] = buf.decode("utf-8")
+            text = buf.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise _bad_form(f"field {name!r} is not UTF-8 text") from exc
+        if name in REPEATABLE_FIELDS:
+            form.repeated.setdefault(name, []).append(text)
+        else:
+            form.fields[name] = text
     return form

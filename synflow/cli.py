@@ -20,9 +20,18 @@ from pydantic import ValidationError
 from synflow.config import PruneConfig
 
 # Fields the CLI sets with a flag of its own shape rather than the generic one.
+# "flag" renames the flag (`inputs` is given one `--input` per forward argument).
 _FLAG_OVERRIDES: dict[str, dict[str, Any]] = {
     "exclude": {"action": "append", "metavar": "GLOB", "default": None},
     "input_shape": {"metavar": "SHAPE", "type": str},
+    "inputs": {
+        "flag": "--input",
+        "action": "append",
+        "metavar": "SPEC",
+        "type": str,
+        "help": "one [dtype:]d0,d1,... per forward argument, in order (repeat the flag), e.g. "
+        "--input int64:1,128 --input int64:1,128; instead of --input-shape",
+    },
 }
 
 
@@ -46,7 +55,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = list(get_args(kind))
         elif kind in (int, float, str):
             kwargs["type"] = kind
-        kwargs.update(_FLAG_OVERRIDES.get(name, {}))
+        override = dict(_FLAG_OVERRIDES.get(name, {}))
+        flag = override.pop("flag", flag)
+        kwargs.update(override)
         parser.add_argument(flag, **kwargs)
 
 
@@ -56,6 +67,10 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         for name in PruneConfig.model_fields
         if getattr(args, name, None) is not None
     }
+    if "exclude" in values:  # `--exclude a,b` splits at the comma, as the HTTP field does
+        values["exclude"] = [
+            p.strip() for v in values["exclude"] for p in v.split(",") if p.strip()
+        ]
     return PruneConfig(**values)
 
 

@@ -9,50 +9,25 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from synflow.inputs import (
+    MAX_INPUT_ELEMENTS,
+    InputSpec,
+    format_input_spec,
+    parse_input_specs,
+    parse_shape,
+)
 from synflow.scorers.registry import SCORERS, scorer_spec
+
+__all__ = ["MAX_INPUT_ELEMENTS", "MAX_ITERATIONS", "PruneConfig", "parse_shape"]
 
 Schedule = Literal["exponential", "linear"]
 Scope = Literal["global", "local"]
 
 MAX_ITERATIONS = 10_000
-MAX_INPUT_ELEMENTS = 1 << 28  # an all-ones input of 1 GiB in float32 is already absurd
-#: integers (negative ones get their own message) separated by commas, "x" or spaces
-_SHAPE_TEXT = re.compile(r"-?\d+(?:\s*[,x]\s*-?\d+|\s+-?\d+)*")
-
-
-def parse_shape(value: Any) -> tuple[int, ...] | None:
-    """Accept `1,3,224,224`, `1x3x224x224`, `[1, 3, 224, 224]` (JSON) or a sequence of ints."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"input_shape {text!r} is not a JSON list of integers") from exc
-        else:
-            if not _SHAPE_TEXT.fullmatch(text):
-                raise ValueError(
-                    f"input_shape {text!r} must be integers separated by commas, e.g. 1,3,224,224"
-                )
-            value = [int(p) for p in re.split(r"[\s,x]+", text)]
-    if not isinstance(value, list | tuple) or not value:
-        raise ValueError("input_shape must be a non-empty list of integers, e.g. 1,3,224,224")
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-        raise ValueError(f"input_shape {value!r} must contain only integers")
-    if any(v < 1 for v in value):
-        raise ValueError(
-            f"input_shape {list(value)} has a dimension below 1; every size must be >= 1"
-        )
-    if math.prod(value) > MAX_INPUT_ELEMENTS:
-        raise ValueError(f"input_shape {list(value)} has more than {MAX_INPUT_ELEMENTS} elements")
-    return tuple(value)
 
 
 class PruneConfig(BaseModel):
@@ -70,6 +45,11 @@ class PruneConfig(BaseModel):
         None,
         description="shape of the all-ones input, batch first, e.g. 1,3,224,224 "
         "(required for TorchScript; read from the graph for ONNX when static)",
+    )
+    inputs: tuple[InputSpec, ...] | None = Field(
+        None,
+        description="one [dtype:]d0,d1,... per forward argument, in order, e.g. int64:1,128 "
+        "(input_shape is the shorthand for one float32 input; give one of the two)",
     )
     method: str = Field("synflow", description=f"scoring method: {', '.join(SCORERS)}")
     iterations: int | None = Field(
@@ -91,6 +71,11 @@ class PruneConfig(BaseModel):
     @classmethod
     def _shape(cls, value: Any) -> tuple[int, ...] | None:
         return parse_shape(value)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any) -> tuple[InputSpec, ...] | None:
+        return parse_input_specs(value)
 
     @field_validator("method")
     @classmethod
@@ -117,7 +102,21 @@ class PruneConfig(BaseModel):
             )
         if self.compression is not None and not math.isfinite(self.compression):
             raise ValueError("compression must be a finite number >= 1")
+        if self.input_shape is not None and self.inputs is not None:
+            raise ValueError(
+                "give either input_shape (one float32 input) or inputs (one spec per forward "
+                "argument), not both"
+            )
         return self
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...] | None:
+        """The inputs asked for, whichever way they were given (None: use the file's own)."""
+        if self.inputs is not None:
+            return self.inputs
+        if self.input_shape is not None:
+            return (InputSpec(self.input_shape),)
+        return None
 
     @property
     def density(self) -> float:
@@ -139,5 +138,6 @@ class PruneConfig(BaseModel):
         data["iterations"] = self.resolved_iterations
         data["density"] = self.density
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
+        data["inputs"] = [format_input_spec(s) for s in self.inputs] if self.inputs else None
         data["exclude"] = list(self.exclude)
         return data

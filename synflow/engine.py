@@ -15,6 +15,8 @@ import torch
 
 from synflow.config import PruneConfig
 from synflow.errors import InvalidInputShapeError, PruningCanceled
+from synflow.feed import resolve_inputs
+from synflow.inputs import InputSpec
 from synflow.masks import Masks
 from synflow.model import LoadedModel, PrunableTensor
 from synflow.schedule import density_at
@@ -39,7 +41,7 @@ class PruneResult:
     masks: Masks  # keyed by published key, on the CPU
     tensors: list[PrunableTensor]
     config: PruneConfig
-    input_shape: tuple[int, ...] | None
+    inputs: tuple[InputSpec, ...] | None  # what forward was fed, one spec per argument
     device: str
     precision: str
     seconds: float
@@ -52,11 +54,10 @@ class PruneResult:
     #: aten ops the scoring passes replaced by their linear part (synflow.linearise), per pass
     linearised_ops: dict[str, int] = field(default_factory=dict)
 
-
-def resolve_input_shape(model: LoadedModel, config: PruneConfig) -> tuple[int, ...] | None:
-    if config.input_shape is not None:
-        return config.input_shape
-    return model.input_shape
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of the one input, when there was exactly one."""
+        return self.inputs[0].shape if self.inputs is not None and len(self.inputs) == 1 else None
 
 
 def prune(
@@ -74,12 +75,12 @@ def prune(
     tensors = model.prunable(config.prune_bias, config.prune_batchnorm, config.exclude)
     named = dict(model.module.named_parameters())
     params = {t.key: named[t.param_name] for t in tensors}
-    input_shape = resolve_input_shape(model, config)
+    inputs = resolve_inputs(model, config)
     spec = scorer_spec(config.method)
-    if input_shape is None and spec.name == "synflow":
+    if inputs is None and spec.name == "synflow":
         raise InvalidInputShapeError(
-            "input_shape is required for this model (e.g. 1,3,224,224): the file does not state "
-            "a static input shape"
+            "input_shape is required for this model (e.g. 1,3,224,224), or one input spec per "
+            "forward argument (e.g. --input int64:1,128): the file does not state its inputs"
         )
     if device.type != "cpu":
         model.module.to(device)
@@ -87,7 +88,7 @@ def prune(
         model=model,
         tensors=tensors,
         params=params,
-        input_shape=input_shape,
+        inputs=inputs,
         device=device,
         generator=torch.Generator().manual_seed(config.seed),
         precision=precision,
@@ -121,7 +122,7 @@ def prune(
         masks=masks.cpu(),
         tensors=tensors,
         config=config,
-        input_shape=input_shape,
+        inputs=inputs,
         device=str(device),
         precision=used_precision.replace("torch.", ""),
         seconds=time.perf_counter() - started,

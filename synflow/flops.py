@@ -14,6 +14,9 @@ from collections import defaultdict
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from synflow.feed import model_dtype, ones_inputs
+from synflow.inputs import InputSpec
+
 aten = torch.ops.aten
 
 _CONV_OPS = {
@@ -90,10 +93,16 @@ class _Counter(TorchDispatchMode):
 def count_positions(
     module: torch.nn.Module,
     weights: dict[str, torch.Tensor],
-    input_shape: tuple[int, ...],
-    dtype: torch.dtype = torch.float32,
+    inputs: tuple[InputSpec, ...] | tuple[int, ...],
+    dtype: torch.dtype | None = None,
 ) -> dict[str, int]:
-    """How many times each named weight tensor's elements are used in one forward pass."""
+    """How many times each named weight tensor's elements are used in one forward pass.
+
+    `inputs`: one spec per forward argument (a bare shape: one floating input). Floating inputs
+    are fed in `dtype`, by default the module's own (a float16 model gets float16 ones)."""
+    if inputs and not isinstance(inputs[0], InputSpec):
+        inputs = (InputSpec(tuple(inputs)),)  # type: ignore[arg-type]
+    floating = dtype if dtype is not None else model_dtype(module)
     owners = {}
     for name, t in weights.items():
         key = _storage_key(t)
@@ -102,5 +111,5 @@ def count_positions(
     counter = _Counter(owners)
     device = next(iter(weights.values())).device if weights else torch.device("cpu")
     with counter:
-        module(torch.ones(input_shape, dtype=dtype, device=device))
+        module(*ones_inputs(inputs, floating, device))  # type: ignore[arg-type]
     return dict(counter.positions)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from synflow.errors import NoPrunableParametersError
+from synflow.inputs import InputSpec
 
 #: Layer types whose `weight` is prunable by default, by class name. TorchScript keeps the
 #: eager class name in `original_name`, so the same names serve scripted and traced modules.
@@ -67,13 +68,24 @@ class LoadedModel:
     format: str  # "torchscript" | "onnx"
     module: torch.nn.Module
     source: Path
-    input_shape: tuple[int, ...] | None = None  # the file's own, when it states one
+    #: the file's own inputs, one per `forward` argument, when it states them (ONNX, .pt2)
+    inputs: tuple[InputSpec, ...] | None = None
     #: parameter name -> published key; identity for TorchScript
     keys: dict[str, str] = field(default_factory=dict)
     #: writes `self.module` (already holding the pruned weights) to a path, in the source format
     writer: Callable[[LoadedModel, Path], None] | None = None
     #: format-specific prunable-tensor discovery; None = by layer type
     finder: Callable[[LoadedModel, bool, bool], list[PrunableTensor]] | None = None
+    #: per input, the axes whose size the file leaves open (a dynamic batch stated as 1): a
+    #: user's spec may set them to anything
+    free_axes: tuple[frozenset[int], ...] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of the file's one float32 input, when that is what it states."""
+        if self.inputs is not None and len(self.inputs) == 1 and self.inputs[0].dtype == "float32":
+            return self.inputs[0].shape
+        return None
 
     @property
     def suffix(self) -> str:

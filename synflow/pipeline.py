@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 
 from synflow.config import PruneConfig
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
+from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
@@ -67,10 +69,42 @@ def prune_file(
     should_cancel: CancelCheck | None = None,
     limits: InputLimits | None = None,
 ) -> dict[str, Any]:
-    """Prune the model at `model_path` and write the artifacts to `out_dir`; returns the report."""
-    started = time.perf_counter()
+    """Prune the model at `model_path` and write the artifacts to `out_dir`; returns the report.
+
+    A failed run leaves no folder behind that it created (a folder that existed is kept)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    created = _first_missing(out)
+    try:
+        return _prune_into(
+            model_path, config, out, device, precision, progress, should_cancel, limits
+        )
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents) creates)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _prune_into(
+    model_path: str | Path,
+    config: PruneConfig,
+    out: Path,
+    device: str,
+    precision: str,
+    progress: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+    limits: InputLimits | None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
     model = load_model(model_path, limits)
     result = prune(
         model,
@@ -83,11 +117,18 @@ def prune_file(
     apply_masks(model, result)
 
     positions = None
-    if result.input_shape is not None:
+    if result.inputs is not None:
         named = dict(model.module.named_parameters())
         weights = {t.key: named[t.param_name] for t in result.tensors if t.role == "weight"}
-        positions = count_positions(model.module, weights, result.input_shape)
+        try:
+            positions = count_positions(model.module, weights, result.inputs)
+        except (RuntimeError, torch.jit.Error) as exc:  # e.g. magnitude never ran forward
+            dtype = model_dtype(model.module)
+            raise forward_failure(
+                exc, result.inputs, lambda batched: runs_on(model.module, batched, dtype)
+            ) from exc
 
+    out.mkdir(parents=True, exist_ok=True)
     names = {"masks": MASKS, "weights": WEIGHTS, "model": model_filename(model.format)}
     masks = {k: v.contiguous() for k, v in result.masks.items()}
     _atomic_write(out / MASKS, lambda p: save_file(masks, str(p)))

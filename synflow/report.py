@@ -6,6 +6,8 @@ from typing import Any
 
 from synflow import __version__
 from synflow.engine import PruneResult
+from synflow.feed import integer_inputs
+from synflow.inputs import format_input_spec, format_input_specs
 from synflow.model import LoadedModel
 
 FLOP_NOTE = "FLOPs = 2 x multiply-accumulates of the layers holding prunable weights"
@@ -76,12 +78,19 @@ def build_report(
                 "or matrix product: " + ", ".join(uncounted[:10])
             )
     else:
-        warnings.append("FLOPs not counted: no input_shape was given")
+        warnings.append("FLOPs not counted: no input_shape (or inputs) was given")
+    integers = integer_inputs(result.inputs)
+    if integers:
+        warnings.append(
+            f"integer inputs ({format_input_specs(tuple(integers))}) were fed all ones (every "
+            "token id or index 1), not a linearised embedding; their scores reflect that one value"
+        )
     return {
         "synflow_version": __version__,
         "format": model.format,
         "config": result.config.normalized(),
         "input_shape": list(result.input_shape) if result.input_shape else None,
+        "inputs": [format_input_spec(s) for s in result.inputs] if result.inputs else None,
         "device": result.device,
         "precision": result.precision,
         # float32 with the input x 2^a and the backward seed x 2^b (exact power-of-two rescaling)

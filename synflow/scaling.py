@@ -387,22 +387,25 @@ def choose_exponents(
 
 def trace_forward(
     module: torch.nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | tuple[torch.Tensor, ...],
     state: dict[int, torch.Tensor],
     inner: TorchDispatchMode | None = None,
 ) -> Trace:
-    """Run `module(x)` (x of degree 1) under the tracer; `state` = id -> every parameter/buffer.
-    `inner`: a mode entered inside the tracer (it sees the ops that mode issues instead of the
-    ones it replaces: `synflow.linearise`).
+    """Run `module(*x)` (floating inputs of degree 1) under the tracer; `state` = id -> every
+    parameter/buffer. `inner`: a mode entered inside the tracer (it sees the ops that mode issues
+    instead of the ones it replaces: `synflow.linearise`).
 
     Returns the output with the degree of every state tensor the pass used, the magnitude ranges
     of the forward values (and of the scaled constants), and the intermediates for backward hooks;
     or the reason the network is not positively homogeneous.
     """
+    xs = (x,) if isinstance(x, torch.Tensor) else tuple(x)
     tracer = HomogeneityTracer(state)
-    tracer.mark(x, 1)
+    for t in xs:
+        if t.is_floating_point():
+            tracer.mark(t, 1)
     with tracer, inner or contextlib.nullcontext():
-        output = module(x)
+        output = module(*xs)
     trace = Trace(output, tracer.error)
     if trace.error is not None:
         return trace

@@ -28,6 +28,8 @@ log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
 
 CONFIG_PART = "config"
+#: the repeated form field `input` (one per forward argument) is the config's `inputs`
+INPUT_FIELD = "input"
 
 #: the multipart body as OpenAPI describes it: the file plus the request, as form fields named
 #: like PruneConfig's fields (or one JSON part `config`); the body is read by a streaming parser,
@@ -42,15 +44,33 @@ PRUNE_FORM_SCHEMA = {
             name: {"type": "string", "description": field.description or name}
             for name, field in PruneConfig.model_fields.items()
         },
+        INPUT_FIELD: {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "repeat once per forward argument, in order: [dtype:]d0,d1,... "
+            "(e.g. int64:1,128); the form-field spelling of `inputs`",
+        },
     },
 }
 
 
-def parse_config(fields: dict[str, str]) -> PruneConfig:
-    """The request from form fields, or from one JSON `config` part (not both)."""
-    data: Any = fields
+def parse_config(
+    fields: dict[str, str], repeated: dict[str, list[str]] | None = None
+) -> PruneConfig:
+    """The request from form fields (the repeated `input` ones included), or from one JSON
+    `config` part (not both)."""
+    repeated = repeated or {}
+    data: Any = dict(fields)
+    if INPUT_FIELD in repeated:
+        if "inputs" in fields:
+            raise ProblemError(
+                422, "invalid_request", "Invalid prune request",
+                "give the inputs either as repeated `input` fields or as one `inputs` field, "
+                "not both",
+            )  # fmt: skip
+        data["inputs"] = repeated[INPUT_FIELD]
     if CONFIG_PART in fields:
-        others = sorted(set(fields) - {CONFIG_PART})
+        others = sorted((set(fields) | set(repeated)) - {CONFIG_PART})
         if others:
             raise ProblemError(
                 422,
@@ -112,16 +132,17 @@ async def submit(
                 f"attach the model file as the multipart part `{MODEL_PART}` "
                 "(curl -F model=@model.pt ...)",
             )  # fmt: skip
-        config = parse_config(form.fields)
+        config = parse_config(form.fields, form.repeated)
         try:
             fmt = await run_in_threadpool(detect_format, upload)
         except SynflowError as exc:
             raise ProblemError(422, exc.code, "Invalid model", exc.message) from exc
-        if fmt == TORCHSCRIPT and config.input_shape is None:
+        if fmt == TORCHSCRIPT and config.input_specs is None:
             raise ProblemError(
-                422, "missing_input_shape", "Missing input_shape",
-                "input_shape is required for TorchScript models (the file does not state one); "
-                "add e.g. -F input_shape=1,3,224,224 (batch first)",
+                422, "missing_inputs", "Missing inputs",
+                "the inputs are required for TorchScript models (the file does not state them); "
+                "add e.g. -F input_shape=1,3,224,224 (batch first), or one -F input=SPEC per "
+                "forward argument, e.g. -F input=int64:1,128",
             )  # fmt: skip
         await run_in_threadpool(artifacts.adopt_upload, job_id)
     finally:

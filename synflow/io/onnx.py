@@ -44,6 +44,7 @@ from torch import fx, nn
 from synflow.errors import InvalidModelError
 from synflow.io.formats import ONNX
 from synflow.io.limits import OnnxLimits
+from synflow.io.onnx_inputs import stated_inputs
 from synflow.model import LoadedModel, PrunableTensor
 
 #: The standard operator set (onnx.checker accepts it only as ""). onnx2torch runs nothing else.
@@ -53,8 +54,6 @@ WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 NORM_OPS = frozenset(
     {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
 )
-#: The engine feeds one all-ones float32 tensor.
-INPUT_ELEM_TYPE = onnx.TensorProto.FLOAT
 #: Name length kept when quoting names from the file in messages.
 NAME_IN_MESSAGE = 60
 
@@ -160,44 +159,6 @@ def _check_onnx(model: onnx.ModelProto) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise InvalidModelError(f"the ONNX model is invalid (onnx.checker): {first}") from exc
-
-
-def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    stored = {t.name for t in graph.initializer}
-    return [v for v in graph.input if v.name not in stored]
-
-
-def static_input_shape(model: onnx.ModelProto) -> tuple[int, ...] | None:
-    """The one input's shape when every dimension but the batch is fixed (batch -> 1)."""
-    inputs = _graph_inputs(model.graph)
-    if len(inputs) != 1:
-        names = ", ".join(_quote(v.name) for v in inputs[:5])
-        raise InvalidModelError(
-            f"the model has {len(inputs)} inputs ({names}); the engine feeds exactly one "
-            "float32 tensor, so export the model with a single input"
-        )
-    tensor_type = inputs[0].type.tensor_type
-    if not inputs[0].type.HasField("tensor_type") or tensor_type.elem_type != INPUT_ELEM_TYPE:
-        kind = (
-            onnx.TensorProto.DataType.Name(tensor_type.elem_type)
-            if inputs[0].type.HasField("tensor_type")
-            else "not a tensor"
-        )
-        raise InvalidModelError(
-            f"the model's input {_quote(inputs[0].name)} is {kind}; the engine feeds a float32 "
-            "tensor, so export the model with a float32 input"
-        )
-    if not tensor_type.HasField("shape") or not tensor_type.shape.dim:
-        return None
-    shape = []
-    for axis, dim in enumerate(tensor_type.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            shape.append(dim.dim_value)
-        elif axis == 0:
-            shape.append(1)  # a dynamic batch: one sample is enough
-        else:
-            return None
-    return tuple(shape)
 
 
 # --- the copy the converter sees --------------------------------------------------------------
@@ -513,7 +474,7 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
     original = _parse(path, limits)
     _check_structure(original, limits)
     _check_onnx(original)
-    input_shape = static_input_shape(original)
+    inputs, free_axes = stated_inputs(original)
     prepared = prepare_for_conversion(original)
     module = _convert(prepared)
     uses = parameter_uses(original, prepared)
@@ -530,7 +491,8 @@ def load_onnx(path: str | Path, limits: OnnxLimits | None = None) -> LoadedModel
         format=ONNX,
         module=module,
         source=path,
-        input_shape=input_shape,
+        inputs=inputs,
+        free_axes=free_axes,
         keys=keys,
         writer=lambda _model, out: write_pruned(original, params, out),
         finder=partial(_find, uses, param_names),

@@ -20,6 +20,7 @@ from typing import Self
 
 import torch
 
+from synflow.inputs import InputSpec
 from synflow.masks import Masks
 from synflow.model import LoadedModel, PrunableTensor
 
@@ -29,10 +30,19 @@ class ScoringContext:
     model: LoadedModel
     tensors: list[PrunableTensor]
     params: dict[str, torch.nn.Parameter]  # key -> live parameter of `model.module`
-    input_shape: tuple[int, ...] | None
+    #: one spec per `forward` argument; a bare shape means one float32 input of that shape
+    inputs: tuple[InputSpec, ...] | tuple[int, ...] | None
     device: torch.device
     generator: torch.Generator
     precision: str = "auto"  # "auto" | "float32" | "float64"
+
+    def __post_init__(self) -> None:
+        if self.inputs and not isinstance(self.inputs[0], InputSpec):
+            self.inputs = (InputSpec(tuple(self.inputs)),)  # type: ignore[arg-type]
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...] | None:
+        return self.inputs  # type: ignore[return-value]
 
 
 class Scorer(ABC):

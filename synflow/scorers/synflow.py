@@ -23,13 +23,13 @@ cost no memory of their own; the next round rebuilds the weights from the saved 
 from __future__ import annotations
 
 import math
-import re
 from typing import Self
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
+from synflow.feed import forward_failure, ones_inputs, runs_on
 from synflow.linearise import Linearised
 from synflow.masks import Masks, flat_buffer, flat_view
 from synflow.scaling import Range, choose_exponents, log2_range, trace_forward
@@ -40,27 +40,6 @@ RECENTRE_DRIFT = 8.0
 #: A float32 round with R below 2^this (or R = 0) may have lost small scores to underflow: `auto`
 #: rescales it (scores are about R / N; N up to 2^40 still leaves them normal).
 UNDERFLOW_LOG2 = -64.0
-
-
-#: words of torch's messages for an input whose shape the model cannot take
-_SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|expected input", re.IGNORECASE)
-
-
-def forward_failure(exc: Exception, input_shape: tuple[int, ...]) -> Exception:
-    """Say whether the forward pass failed on the input's shape or on something else."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
-    # TorchScript puts its own headline first and the model's error on the last line
-    first = (lines[-1] if lines[0].startswith("The following operation failed") else lines[0])[:300]
-    shape = list(input_shape)
-    if _SHAPE_WORDS.search(first):
-        return InvalidInputShapeError(
-            f"the model rejected an input of shape {shape}: {first}. "
-            "Pass the input_shape the model expects (batch first)"
-        )
-    return InvalidModelError(
-        f"the model failed when run on an all-ones input of shape {shape}: {first}. "
-        "Check that the model runs on its own (and does not read files or the network)"
-    )
 
 
 def output_sum(output: object) -> torch.Tensor:
@@ -87,9 +66,10 @@ class SynFlowScorer(Scorer):
     pruned_scores_zero = True
 
     def __enter__(self) -> Self:
-        if self.ctx.input_shape is None:
+        if self.ctx.input_specs is None:
             raise InvalidInputShapeError(
-                "SynFlow needs input_shape (e.g. 1,3,224,224): the shape of one input batch"
+                "SynFlow needs input_shape (e.g. 1,3,224,224) or inputs: the shape of one batch "
+                "of each forward argument"
             )
         module = self.ctx.model.module
         self._was_training = module.training
@@ -322,7 +302,10 @@ class SynFlowScorer(Scorer):
     def _flow(self, record: bool) -> torch.Tensor:
         module = self.ctx.model.module
         a, b = self.scale or (0, 0)
-        x = torch.full(self.ctx.input_shape, 2.0**a, dtype=self.dtype, device=self.ctx.device)
+        specs = self.ctx.input_specs
+        assert specs is not None
+        # floating inputs in the scoring dtype (x 2^a); integer inputs are ones of their dtype
+        xs = ones_inputs(specs, self.dtype, self.ctx.device, fill=2.0**a)
         self._trace_error = None
         self._ranges: list[Range] = []
         self._recording = False
@@ -338,7 +321,7 @@ class SynFlowScorer(Scorer):
             ):
                 if record:
                     state = {id(t): t for t, _, _ in self._saved.values()}
-                    trace = trace_forward(module, x, state, inner=linear)
+                    trace = trace_forward(module, xs, state, inner=linear)
                     output, self._trace_error = trace.output, trace.error
                     if self._trace_error is None:
                         self._degrees = trace.degrees
@@ -348,10 +331,12 @@ class SynFlowScorer(Scorer):
                         self._output_degree = trace.output_degree
                 else:
                     with linear:
-                        output = module(x)
+                        output = module(*xs)
                 flow = output_sum(output)
         except (RuntimeError, torch.jit.Error) as exc:
-            raise forward_failure(exc, self.ctx.input_shape) from exc
+            raise forward_failure(
+                exc, specs, lambda batched: runs_on(module, batched, self.dtype)
+            ) from exc
         if flow is None:
             raise InvalidModelError(
                 "the model returns no floating-point tensor, so there is no output to sum"
@@ -479,5 +464,5 @@ class SynFlowScorer(Scorer):
             )
         return (
             "synaptic flow is zero: no path from the all-ones input through the prunable "
-            "weights reaches the output, so every score ties; check the model and input_shape"
+            "weights reaches the output, so every score ties; check the model and its inputs"
         )

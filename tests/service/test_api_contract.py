@@ -111,8 +111,8 @@ def test_missing_model_is_422(client):
     assert_problem(post(client, None, sparsity=0.9, input_shape=SHAPE), 422, "missing_model")
 
 
-def test_missing_input_shape_for_torchscript_is_422(client, model_file):
-    assert_problem(post(client, model_file, sparsity=0.9), 422, "missing_input_shape", "1,3,224")
+def test_missing_inputs_for_torchscript_is_422(client, model_file):
+    assert_problem(post(client, model_file, sparsity=0.9), 422, "missing_inputs", "1,3,224")
 
 
 def test_not_a_model_is_422(client, tmp_path):

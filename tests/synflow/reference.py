@@ -30,8 +30,21 @@ def prunable_names(model: torch.nn.Module, bias: bool = False, batchnorm: bool =
     return names
 
 
+def ones(input_shape, dtype):
+    """The all-ones forward arguments: a shape gives one floating input; a list of
+    (shape, dtype name) one per argument, floating ones in `dtype`, integer ones in their own."""
+    if input_shape and isinstance(input_shape[0], int):
+        return (torch.ones(input_shape, dtype=dtype),)
+    return tuple(
+        torch.ones(
+            shape, dtype=dtype if getattr(torch, name).is_floating_point else getattr(torch, name)
+        )
+        for shape, name in input_shape
+    )
+
+
 def synflow_scores(model, masks, input_shape, dtype=torch.float32):
-    """|theta * dR/dtheta| for each masked parameter, model linearised, all-ones input."""
+    """|theta * dR/dtheta| for each masked parameter, model linearised, all-ones input(s)."""
     model = model.eval()
     state = {k: v.detach().clone().to(dtype) for k, v in model.state_dict().items()}
     abs_state = {k: v.abs() if v.is_floating_point() else v for k, v in state.items()}
@@ -39,7 +52,7 @@ def synflow_scores(model, masks, input_shape, dtype=torch.float32):
     effective = dict(abs_state)
     for k in masks:
         effective[k] = raw[k] * masks[k].to(dtype)
-    out = functional_call(model, effective, (torch.ones(input_shape, dtype=dtype),))
+    out = functional_call(model, effective, ones(input_shape, dtype))
     R = out.sum()
     grads = torch.autograd.grad(R, [raw[k] for k in masks], allow_unused=True)
     scores = {}

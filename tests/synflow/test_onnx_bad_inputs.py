@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from synflow.config import PruneConfig
 from synflow.errors import InvalidInputShapeError, InvalidModelError, SynflowError
+from synflow.inputs import InputSpec
 from synflow.io.limits import OnnxLimits
 from synflow.io.loader import load_model
 from synflow.io.onnx import load_onnx
@@ -279,17 +280,30 @@ def test_local_functions(tmp_path):
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def test_non_float_input(tmp_path):
+def test_integer_input_is_stated_and_fed_ones(tmp_path):
     model = linear_model(input_type=TensorProto.INT64)
     model.graph.node.insert(0, helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
     model.graph.node[1].input[0] = "xf"
-    refused(save(model, tmp_path / "int.onnx"), "INT64", "float32")
+    path = save(model, tmp_path / "int.onnx")
+    assert load_model(path).inputs == (InputSpec((1, 4), "int64"),)
+    report = prune_file(path, PruneConfig(sparsity=0.5, iterations=2), tmp_path / "out")
+    assert report["inputs"] == ["int64:1,4"] and report["totals"]["kept"] == 6
+    assert any("integer inputs (int64:1,4) were fed all ones" in w for w in report["warnings"])
 
 
-def test_two_inputs(tmp_path):
+def test_input_type_the_engine_cannot_feed(tmp_path):
+    refused(save(linear_model(input_type=TensorProto.COMPLEX64), tmp_path / "c.onnx"), "COMPLEX64")
+
+
+def test_two_inputs_are_stated_in_order(tmp_path):
     model = linear_model()
-    model.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 4]))
-    refused(save(model, tmp_path / "two.onnx"), "2 inputs")
+    model.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 3]))
+    model.graph.node[1].input[0] = "h2"
+    model.graph.node.insert(1, helper.make_node("Add", ["h", "x2"], ["h2"], name="add"))
+    path = save(model, tmp_path / "two.onnx")
+    assert load_model(path).inputs == (InputSpec((1, 4)), InputSpec((1, 3)))
+    report = prune_file(path, PruneConfig(sparsity=0.5, iterations=2), tmp_path / "out")
+    assert report["inputs"] == ["1,4", "1,3"] and report["totals"]["kept"] == 6
 
 
 def test_dynamic_batch_becomes_one(tmp_path):
