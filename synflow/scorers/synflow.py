@@ -32,7 +32,14 @@ from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidM
 from synflow.feed import forward_failure, ones_inputs, runs_on
 from synflow.linearise import Linearised
 from synflow.masks import Masks, flat_buffer, flat_view
-from synflow.scaling import Range, choose_exponents, log2_range, trace_forward
+from synflow.scaling import (
+    DEFAULT_MARGIN,
+    FLOAT32_MIN_EXP,
+    Range,
+    choose_exponents,
+    log2_range,
+    trace_forward,
+)
 from synflow.scorers.base import Scorer
 
 #: Re-centre the power-of-two scale when log2(R) has moved this far since it was chosen.
@@ -95,6 +102,7 @@ class SynFlowScorer(Scorer):
         #: float32's range)
         self.flow: float | None = None
         self._output_degree = 1
+        self._checked_log2: float | None = None  # log2 R when the scores were last checked
         #: rounds scored so far
         self.rounds = 0
         #: key -> (first round, cause) of each prunable tensor whose remaining weights all
@@ -217,7 +225,20 @@ class SynFlowScorer(Scorer):
         value = float(flow)
         if value <= 0.0 or not self._any_positive:
             return True
-        return self.scale is None and math.log2(value) < UNDERFLOW_LOG2
+        if self.scale is not None:
+            return False
+        log2_flow = math.log2(value)
+        if log2_flow < UNDERFLOW_LOG2:
+            return True
+        # R can be healthy (e.g. carried by the last biases) while the scores of early layers
+        # flush to zero: look at the smallest positive score in the first round and whenever R
+        # has fallen by RECENTRE_DRIFT orders since the last look (one pass over the scores)
+        if self._checked_log2 is not None and log2_flow > self._checked_log2 - RECENTRE_DRIFT:
+            return False
+        self._checked_log2 = log2_flow
+        with torch.no_grad():
+            positive = torch.where(self._work > 0, self._work, math.inf).amin()
+        return float(positive) < 2.0 ** (FLOAT32_MIN_EXP + DEFAULT_MARGIN)
 
     def _recover(self, masks: Masks) -> tuple[torch.Tensor, bool]:
         """After a float32 round that overflowed or underflowed: rescale by powers of two if the
