@@ -68,6 +68,16 @@ def output_sum(output: object) -> torch.Tensor:
     return total
 
 
+def _plain_failure(module: torch.nn.Module, xs: tuple) -> Exception | None:
+    """The error `module(*xs)` raises without autograd or dispatch modes, if any."""
+    try:
+        with torch.no_grad():
+            module(*xs)
+    except (RuntimeError, torch.jit.Error) as exc:
+        return exc
+    return None
+
+
 class SynFlowScorer(Scorer):
     #: scores are >= 0 and exactly 0 where pruned (lets the selection skip a pass)
     pruned_scores_zero = True
@@ -355,8 +365,11 @@ class SynFlowScorer(Scorer):
                         output = module(*xs)
                 flow = output_sum(output)
         except (RuntimeError, torch.jit.Error) as exc:
+            # an error raised under a Python dispatch mode reaches TorchScript without its
+            # message: run once more without the modes for the model's own words
+            own = _plain_failure(module, xs) or exc
             raise forward_failure(
-                exc, specs, lambda batched: runs_on(module, batched, self.dtype)
+                own, specs, lambda batched: runs_on(module, batched, self.dtype)
             ) from exc
         if flow is None:
             raise InvalidModelError(
