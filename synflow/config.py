@@ -62,6 +62,11 @@ class PruneConfig(BaseModel):
     scope: Scope = Field("global", description="rank all weights together or each tensor alone")
     prune_bias: bool = Field(False, description="also prune biases")
     prune_batchnorm: bool = Field(False, description="also prune normalisation scales")
+    prune_embedding: bool = Field(
+        False,
+        description="also prune embedding tables (a table tied to a linear layer's weight is "
+        "pruned as that weight either way)",
+    )
     exclude: tuple[str, ...] = Field(
         (), description="parameter-name glob patterns kept dense, e.g. 'fc.*'"
     )

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from synflow.config import PruneConfig
+from synflow.discovery import DenseParameter
 from synflow.errors import InvalidInputShapeError, PruningCanceled
-from synflow.feed import resolve_inputs
+from synflow.feed import forward_failure, ones_inputs, resolve_inputs
 from synflow.inputs import InputSpec
 from synflow.masks import Masks
-from synflow.model import LoadedModel, PrunableTensor
+from synflow.model import Discovery, LoadedModel, PrunableTensor
 from synflow.schedule import density_at
 from synflow.scorers.base import Scorer, ScoringContext
 from synflow.scorers.registry import scorer_spec
@@ -53,11 +54,33 @@ class PruneResult:
     zero_score_layers: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: aten ops the scoring passes replaced by their linear part (synflow.linearise), per pass
     linearised_ops: dict[str, int] = field(default_factory=dict)
+    #: every parameter left dense, with the reason
+    dense: list[DenseParameter] = field(default_factory=list)
+    discovery: str = ""  # how the prunable parameters were found ("ops", "layer type", ...)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         """The shape of the one input, when there was exactly one."""
         return self.inputs[0].shape if self.inputs is not None and len(self.inputs) == 1 else None
+
+
+def discover(
+    model: LoadedModel, config: PruneConfig, specs: tuple[InputSpec, ...] | None, device
+) -> Discovery:
+    """The prunable parameters, from the ops the model runs on the all-ones inputs (when known)."""
+    inputs = None
+    if specs is not None:
+        inputs = ones_inputs(specs, torch.float32, device)
+    try:
+        return model.discover(
+            config.prune_bias,
+            config.prune_batchnorm,
+            config.exclude,
+            prune_embedding=config.prune_embedding,
+            inputs=inputs,
+        )
+    except (RuntimeError, torch.jit.Error, IndexError) as exc:
+        raise forward_failure(exc, specs) from exc
 
 
 def prune(
@@ -72,9 +95,6 @@ def prune(
     """Compute masks for `model` as `config` asks. The module is left as it was given."""
     started = time.perf_counter()
     device = torch.device(device)
-    tensors = model.prunable(config.prune_bias, config.prune_batchnorm, config.exclude)
-    named = dict(model.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
     inputs = resolve_inputs(model, config)
     spec = scorer_spec(config.method)
     if inputs is None and spec.name == "synflow":
@@ -84,23 +104,27 @@ def prune(
         )
     if device.type != "cpu":
         model.module.to(device)
-    ctx = ScoringContext(
-        model=model,
-        tensors=tensors,
-        params=params,
-        inputs=inputs,
-        device=device,
-        generator=torch.Generator().manual_seed(config.seed),
-        precision=precision,
-    )
-    iterations = config.resolved_iterations
-    masks = Masks.dense_flat(params)
     history: list[float] = []
     used_precision = "float32"
     scale = note = None
     zero_layers: dict[str, tuple[int, str]] = {}
     linearised: dict[str, int] = {}
     try:
+        found = discover(model, config, inputs, device)
+        tensors = found.prunable
+        named = dict(model.module.named_parameters())
+        params = {t.key: named[t.param_name] for t in tensors}
+        ctx = ScoringContext(
+            model=model,
+            tensors=tensors,
+            params=params,
+            inputs=inputs,
+            device=device,
+            generator=torch.Generator().manual_seed(config.seed),
+            precision=precision,
+        )
+        iterations = config.resolved_iterations
+        masks = Masks.dense_flat(params)
         with spec.load()(ctx) as scorer:
             for t in range(1, iterations + 1):
                 if should_cancel is not None and should_cancel():
@@ -131,6 +155,8 @@ def prune(
         precision_note=note,
         zero_score_layers=zero_layers,
         linearised_ops=linearised,
+        dense=found.dense,
+        discovery=found.method,
     )
 
 

@@ -2,19 +2,23 @@
 
 `LoadedModel` holds a runnable `torch.nn.Module`, the key under which each parameter is published
 (TorchScript: its `state_dict()` name; ONNX: its initializer name), the layer type of each module,
-and how to write the pruned model back in its own format. Prunable tensors are found here, by
-layer type rather than by tensor rank: a `(C, 1, 1)` scale in a residual shortcut is not a weight.
+and how to write the pruned model back in its own format. Prunable tensors are found here: by the
+ops the model runs (`synflow.discovery`: a parameter is prunable when it is used as a weight) when
+an input is known, else by layer type; never by tensor rank (a `(C, 1, 1)` scale in a residual
+shortcut is not a weight). A parameter shared by several layers (tied weights) is one prunable
+tensor under the first name `named_parameters()` gives it.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from synflow import discovery
+from synflow.discovery import DenseParameter
 from synflow.errors import NoPrunableParametersError
 from synflow.inputs import InputSpec
 
@@ -60,7 +64,18 @@ class PrunableTensor:
     param_name: str  # name in `module.named_parameters()`
     layer: str  # owning module's path
     layer_type: str  # e.g. "Conv2d"
-    role: str  # "weight" | "bias" | "norm_weight" | "norm_bias"
+    role: str  # "weight" | "embedding" | "bias" | "norm_weight" | "norm_bias"
+    op: str = ""  # the aten op that uses it in that role (op-based discovery only)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Every parameter of a model, sorted into prunable and dense (with the reason)."""
+
+    prunable: list[PrunableTensor]
+    dense: list[DenseParameter]
+    #: "ops" (weight operands of the ops run), "layer type" (no input known), or the format's
+    method: str
 
 
 @dataclass
@@ -104,30 +119,102 @@ class LoadedModel:
         prune_bias: bool = False,
         prune_batchnorm: bool = False,
         exclude: tuple[str, ...] | list[str] = (),
+        *,
+        prune_embedding: bool = False,
+        inputs: Sequence[torch.Tensor] | None = None,
     ) -> list[PrunableTensor]:
-        """Prunable tensors in module order, minus those whose key matches an `exclude` glob."""
+        """Prunable tensors in parameter order, minus those whose key matches an `exclude` glob."""
+        return self.discover(
+            prune_bias, prune_batchnorm, exclude, prune_embedding=prune_embedding, inputs=inputs
+        ).prunable
+
+    def discover(
+        self,
+        prune_bias: bool = False,
+        prune_batchnorm: bool = False,
+        exclude: tuple[str, ...] | list[str] = (),
+        *,
+        prune_embedding: bool = False,
+        inputs: Sequence[torch.Tensor] | None = None,
+    ) -> Discovery:
+        """Sort every parameter into prunable or dense. With `inputs` (the all-ones input the
+        scorer feeds) the rule is the ops the model runs on them; without, the layer type."""
+        flags = (prune_bias, prune_batchnorm, prune_embedding)
         if self.finder is not None:
             found = self.finder(self, prune_bias, prune_batchnorm)
-        else:
+            candidates = {t.param_name: t for t in self.finder(self, True, True)}
+            result = self._sorted(found, candidates, exclude, flags, method=self.format)
+        elif inputs is None:
             found = find_by_layer_type(self, prune_bias, prune_batchnorm)
-        kept = [
-            t
-            for t in found
-            if not any(
-                fnmatch.fnmatchcase(t.key, pat) or fnmatch.fnmatchcase(t.param_name, pat)
-                for pat in exclude
-            )
-        ]
-        if not kept:
-            why = " after exclude patterns" if found else ""
+            candidates = {t.param_name: t for t in find_by_layer_type(self, True, True)}
+            result = self._sorted(found, candidates, exclude, flags, method="layer type")
+        else:
+            result = self._by_ops(inputs, exclude, flags)
+        if not result.prunable:
+            excluded = any(d.reason == discovery.EXCLUDED for d in result.dense)
             raise NoPrunableParametersError(
                 "the model has no prunable parameters"
-                + why
-                + ": SynFlow prunes the weights of convolution and linear layers"
-                + (" (and biases / normalisation scales when asked)" if not found else "")
+                + (" after exclude patterns" if excluded else "")
+                + ": SynFlow prunes the parameters the model uses as weights of convolutions, "
+                "linear layers, matrix products and recurrent cells"
+                + ("" if excluded else " (and biases, normalisation scales, embeddings when asked)")
                 + "; check the model or loosen `exclude`"
             )
-        return kept
+        return result
+
+    def _sorted(self, found, candidates, exclude, flags, method: str) -> Discovery:
+        """Dense reasons for a finder's result; `candidates` = what it finds with every flag."""
+        prunable, dense = [], []
+        chosen = {t.param_name for t in found}
+        for name, p in self.module.named_parameters():
+            key = self.key_of(name)
+            shape = tuple(p.shape)
+            if name in chosen:
+                if discovery.matches(exclude, key, name):
+                    dense.append(DenseParameter(key, name, shape, discovery.EXCLUDED))
+                else:
+                    prunable.append(next(t for t in found if t.param_name == name))
+            elif not p.is_floating_point():
+                dense.append(DenseParameter(key, name, shape, discovery.INTEGER_DTYPE))
+            elif name in candidates and candidates[name].role in discovery.OPTION_OFF:
+                reason = discovery.OPTION_OFF[candidates[name].role]
+                dense.append(DenseParameter(key, name, shape, reason))
+            else:
+                dense.append(DenseParameter(key, name, shape, discovery.NOT_WEIGHT_OPERAND))
+        return Discovery(prunable, dense, method)
+
+    def _by_ops(self, inputs, exclude, flags) -> Discovery:
+        named = dict(self.module.named_parameters())  # one name per tensor: the first
+        floating = {n: p for n, p in named.items() if p.is_floating_point()}
+        try:
+            tracer = discovery.trace_uses(self.module, inputs, floating)
+        except discovery.OpTraceFailed as exc:
+            found = find_by_layer_type(self, *flags[:2])
+            candidates = {t.param_name: t for t in find_by_layer_type(self, True, True)}
+            method = f"layer type (the op trace failed: {str(exc)[:200]})"
+            return self._sorted(found, candidates, exclude, flags, method=method)
+        modules = dict(self.module.named_modules())
+        prunable, dense = [], []
+        for name, p in named.items():
+            key = self.key_of(name)
+            shape = tuple(p.shape)
+            if not p.is_floating_point():
+                dense.append(DenseParameter(key, name, shape, discovery.INTEGER_DTYPE))
+                continue
+            use = discovery.role_of(tracer.uses[name])
+            if use is None:
+                touched = name in tracer.touched
+                reason = discovery.NOT_WEIGHT_OPERAND if touched else discovery.UNUSED
+                dense.append(DenseParameter(key, name, shape, reason))
+            elif not discovery.wanted(use.role, *flags):
+                dense.append(DenseParameter(key, name, shape, discovery.OPTION_OFF[use.role]))
+            elif discovery.matches(exclude, key, name):
+                dense.append(DenseParameter(key, name, shape, discovery.EXCLUDED))
+            else:
+                layer = name.rpartition(".")[0]
+                kind = layer_type(modules[layer]) if layer in modules else ""
+                prunable.append(PrunableTensor(key, name, layer, kind, use.role, use.op))
+        return Discovery(prunable, dense, "ops")
 
 
 def find_by_layer_type(
@@ -140,6 +227,7 @@ def find_by_layer_type(
     """
     found: list[PrunableTensor] = []
     seen: set[int] = set()
+    first_name = {id(p): n for n, p in model.module.named_parameters()}  # tied: the first name
     for layer_name, module in model.module.named_modules():
         kind = layer_type(module)
         is_weight_layer = kind in WEIGHT_LAYERS
@@ -158,6 +246,6 @@ def find_by_layer_type(
             else:
                 continue
             seen.add(id(param))
-            name = f"{layer_name}.{local}" if layer_name else local
+            name = first_name[id(param)]
             found.append(PrunableTensor(model.key_of(name), name, layer_name, kind, role))
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from synflow import __version__
@@ -107,6 +108,12 @@ def build_report(
         },
         "flops": flops,
         "layers": rows,
+        # how the prunable parameters were found, and every parameter left dense with the reason
+        "discovery": result.discovery,
+        "dense": [
+            {"name": d.key, "shape": list(d.shape), "total": math.prod(d.shape), "reason": d.reason}
+            for d in result.dense
+        ],
         "collapsed_layers": collapsed,
         "zero_score_layers": [
             {"name": name, "round": round_, "cause": cause}

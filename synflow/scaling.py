@@ -20,6 +20,13 @@ degree its use requires, and records the magnitude range of every intermediate v
 op that is not homogeneous in its inputs (sigmoid, LayerNorm's eps, adding a non-zero constant),
 a parameter needed at two different degrees, or a value-dependent branch (`.item()` on an
 activation) makes the network "not homogeneous", and the caller falls back to float64.
+
+The check is an allow-list: an op is accepted only when the rule for it proves the output
+homogeneous, arguments included. So a tensor bound of `clamp_min` (unless all zero), a rounding
+division (`div(..., rounding_mode=...)`), an integer or boolean tensor added to an activation,
+a cast of an activation to an integer, boolean or half-precision dtype (`x.long().float()`
+rounds, `x.half()` has a smaller range), dropout in training mode, and any integer or boolean
+value computed from an activation (indices of a max, say) used later are all refused.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ SAME_AS_FIRST = _ops(
     "relu", "relu_", "abs", "abs_", "neg", "neg_", "channel_shuffle", "native_dropout",
 )  # fmt: skip
 #: Degree = sum of the two operands' degrees (bilinear products).
-PRODUCTS = _ops("mm", "bmm", "matmul", "mv", "dot", "mul", "mul_", "_convolution_mode")
+PRODUCTS = _ops("mm", "bmm", "matmul", "mv", "dot", "mul", "mul_")
 #: All floating tensor operands must share one degree (or be all zero).
 SAME_DEGREE = _ops(
     "add", "add_", "sub", "sub_", "cat", "stack", "maximum", "minimum", "where", "hstack",
@@ -82,15 +89,20 @@ FACTORIES = _ops(
     "zeros_like", "fill", "fill_",
 )  # fmt: skip
 BATCH_NORMS = _ops(
-    "native_batch_norm", "_native_batch_norm_legit_no_training", "batch_norm",
+    "native_batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+    "batch_norm",
     "_batch_norm_impl_index", "cudnn_batch_norm", "miopen_batch_norm",
 )  # fmt: skip
 CONVOLUTIONS = _ops(
     "convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
     "conv_transpose2d", "conv_transpose3d", "mkldnn_convolution", "_slow_conv2d_forward",
-    "thnn_conv2d", "slow_conv3d", "linear",
+    "thnn_conv2d", "slow_conv3d", "linear", "_convolution_mode",
 )  # fmt: skip
 ADDMMS = _ops("addmm", "addmv", "baddbmm", "addbmm")
+#: Casts: exact (up to rounding that commutes with powers of two) only into float32 / float64.
+CASTS = _ops("_to_copy", "to", "type_as")
+EXACT_DTYPES = frozenset({torch.float32, torch.float64})
+DROPOUTS = _ops("native_dropout", "dropout", "feature_dropout", "alpha_dropout")
 
 
 class NotHomogeneous(Exception):
@@ -161,6 +173,8 @@ class HomogeneityTracer(TorchDispatchMode):
         self.ranges: list[Range] = []
         self.activations: list[tuple[torch.Tensor, int]] = []
         self.error: str | None = None
+        #: integer/boolean tensors computed from an activation (their values depend on it)
+        self._tainted = WeakIdKeyDictionary()
 
     # -- degrees ------------------------------------------------------------------------------
     def mark(self, t: torch.Tensor, degree: int) -> None:
@@ -219,10 +233,12 @@ class HomogeneityTracer(TorchDispatchMode):
         if self.error is not None:
             return out
         try:
+            self._check_arguments(func, args, kwargs, out)
             degree = self._rule(func, args, kwargs)
         except NotHomogeneous as exc:
             self.error = str(exc)  # raising here would surface as the model's own error
             return out
+        self._taint(args, kwargs, out)
         if isinstance(degree, _Free):
             if func.overloadpacket not in (aten.detach, aten.alias) and any(
                 isinstance(o, torch.Tensor) and self._owner(o) is None for o in _flat(out)
@@ -239,6 +255,57 @@ class HomogeneityTracer(TorchDispatchMode):
                         self.ranges.append(Range(r[0], r[1], degree))
                     self.activations.append((o, degree))
         return out
+
+    def _check_arguments(self, func, args, kwargs, out) -> None:
+        """What the per-op rules below do not see: integer and boolean operands, dtypes."""
+        packet = func.overloadpacket
+        name = str(packet).removeprefix("aten.")
+        operands = [t for t in _flat(list(args) + list(kwargs.values()))]
+        if any(isinstance(t, torch.Tensor) and t in self._tainted for t in operands):
+            if packet is aten._local_scalar_dense or packet is aten.is_nonzero:
+                raise NotHomogeneous("the model branches on the value of an activation")
+            raise NotHomogeneous(
+                f"{name} uses integer or boolean values computed from an activation"
+            )
+        first = next((t for t in operands if _is_float(t)), None)
+        if first is None or not self._nonzero_degree(first):
+            return
+        if packet in CASTS:
+            dtypes = {o.dtype for o in _flat(out) if isinstance(o, torch.Tensor)}
+            if not dtypes <= EXACT_DTYPES:
+                got = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+                raise NotHomogeneous(f"an activation is cast to {got} (a dtype round trip)")
+        if packet in (aten.div, aten.div_) and (
+            kwargs.get("rounding_mode") is not None or any(isinstance(a, str) for a in args)
+        ):
+            raise NotHomogeneous("div with rounding_mode (rounding division)")
+        if packet in (aten.clamp_min, aten.clamp_min_) and len(args) > 1:
+            bound = args[1]
+            if isinstance(bound, torch.Tensor) and _any(bound):
+                raise NotHomogeneous("clamp_min with a non-zero tensor bound")
+        if packet in DROPOUTS:
+            p, train = (args[1], args[2]) if len(args) > 2 else (0.0, False)
+            if train and p:
+                raise NotHomogeneous(f"{name} in training mode (random)")
+
+    def _nonzero_degree(self, t: torch.Tensor) -> bool:
+        d = self.degree_of(t)
+        return not isinstance(d, _Free) and d != 0
+
+    def _taint(self, args, kwargs, out) -> None:
+        """Integer/boolean outputs of an op that read an activation depend on its value."""
+        outs = [o for o in _flat(out) if isinstance(o, torch.Tensor) and not o.is_floating_point()]
+        if not outs:
+            return
+        inputs = [
+            t for t in _flat(list(args) + list(kwargs.values())) if isinstance(t, torch.Tensor)
+        ]
+        if any(
+            (t.is_floating_point() and self._nonzero_degree(t)) or t in self._tainted
+            for t in inputs
+        ):
+            for o in outs:
+                self._tainted[o] = True
 
     def _rule(self, func, args, kwargs) -> int:
         packet = func.overloadpacket
@@ -272,14 +339,18 @@ class HomogeneityTracer(TorchDispatchMode):
                 raise NotHomogeneous(f"{name} with a non-zero constant")
             return self._fixed(degs[0])
         if packet in SAME_DEGREE:
-            if packet in (aten.add, aten.add_, aten.sub, aten.sub_) and len(tensors) == 1:
-                other = args[1] if len(args) > 1 else kwargs.get("other", 0)
-                if isinstance(other, int | float) and other != 0:
-                    raise NotHomogeneous(f"{name} of a non-zero constant")
-                return self._fixed(degs[0])
+            # every tensor operand counts, integer and boolean ones as constants of degree 0
+            operands = [t for t in _flat(list(args)) if isinstance(t, torch.Tensor)]
+            scalars = [a for a in args[1:] if isinstance(a, int | float)]
             if packet is aten.where:
-                tensors = [t for t in tensors if t is not args[0]]
-            return self._same(tensors, name)
+                operands = operands[1:]  # the condition selects, it is not added
+            elif packet not in (aten.add, aten.add_, aten.sub, aten.sub_):
+                scalars = []  # cat/stack's dim, not a term
+            if any(v != 0 for v in scalars):
+                raise NotHomogeneous(f"{name} of a non-zero constant")
+            if len(operands) == 1:
+                return self._fixed(self.degree_of(operands[0]))
+            return self._same(operands, name)
         if packet in PRODUCTS:
             if len(tensors) == 1:  # times a Python scalar
                 return self._fixed(degs[0])
@@ -307,10 +378,14 @@ class HomogeneityTracer(TorchDispatchMode):
         raise NotHomogeneous(f"{name} is not known to be positively homogeneous")
 
     def _batch_norm(self, packet, args, kwargs) -> int:
-        x, weight, bias, mean, var = args[:5]
-        training = args[5] if packet is not aten._native_batch_norm_legit_no_training else False
-        if packet is aten._batch_norm_impl_index or packet is aten.batch_norm:
-            training = args[5]
+        if packet is aten._native_batch_norm_legit and len(args) > 3 and isinstance(args[3], bool):
+            x, weight, bias = args[:3]  # the no_stats overload: batch statistics only
+            mean = var = None
+            training = args[3]
+        else:
+            x, weight, bias, mean, var = args[:5]
+            no_training = packet is aten._native_batch_norm_legit_no_training
+            training = False if no_training else args[5]
         if training:
             raise NotHomogeneous("batch norm in training mode (batch statistics)")
         dx = self._fixed(self.degree_of(x))
@@ -404,8 +479,20 @@ def trace_forward(
     for t in xs:
         if t.is_floating_point():
             tracer.mark(t, 1)
-    with tracer, inner or contextlib.nullcontext():
-        output = module(*xs)
+    try:
+        with tracer, inner or contextlib.nullcontext():
+            output = module(*xs)
+    except Exception:
+        # TorchScript's profiling executor can fail the first run of a traced graph under a
+        # dispatch mode (scalar constants); a bare run (which raises the model's own error if it
+        # cannot run) specialises the graph, and the traced run is tried once more
+        module(*xs)
+        tracer = HomogeneityTracer(state)
+        for t in xs:
+            if t.is_floating_point():
+                tracer.mark(t, 1)
+        with tracer, inner or contextlib.nullcontext():
+            output = module(*xs)
     trace = Trace(output, tracer.error)
     if trace.error is not None:
         return trace

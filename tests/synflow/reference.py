@@ -119,14 +119,16 @@ def reference_synflow(
     bias=False,
     batchnorm=False,
     rule="exact",
+    dtype=torch.float32,
 ):
-    """Iterative SynFlow masks. rule="paper" also returns whether any round had a tie."""
+    """Iterative SynFlow masks. rule="paper" also returns whether any round had a tie; `dtype`
+    is the arithmetic of the scores (float32 as the paper's code, float64 to check ours)."""
     names = prunable_names(model, bias, batchnorm)
     params = dict(model.named_parameters())
     masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
     any_tie = False
     for t in range(1, iterations + 1):
-        scores, _ = synflow_scores(model, masks, input_shape)
+        scores, _ = synflow_scores(model, masks, input_shape, dtype)
         d = density_schedule(density, t, iterations, schedule)
         if rule == "paper":
             masks, tie = select_paper(scores, masks, d)
