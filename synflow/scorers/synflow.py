@@ -258,6 +258,8 @@ class SynFlowScorer(Scorer):
             self._flow_log2 = None
             self._linearize(torch.float64)
             flow, ok = self._round(masks, record=True)  # float64, and measures the magnitudes
+            if ok and (float(flow) == 0.0 or not self._any_positive):
+                return flow, ok  # no flow at all, in any precision: the caller says why
             if ok and self._trace_error is None:
                 chosen = choose_exponents(self._ranges)
                 if chosen is not None:

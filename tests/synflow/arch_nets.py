@@ -42,7 +42,7 @@ class GptBlock(nn.Module):
 
 
 class GptLike(nn.Module):
-    """Token embeddings tied to the output projection, pre-LN causal blocks, next-token logits."""
+    """Token embeddings, pre-LN causal blocks, next-token logits."""
 
     def __init__(self, vocab: int = 100, d: int = 32, heads: int = 4, layers: int = 2, seq=16):
         super().__init__()
