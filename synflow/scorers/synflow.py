@@ -44,6 +44,8 @@ from synflow.scorers.base import Scorer
 
 #: Re-centre the power-of-two scale when log2(R) has moved this far since it was chosen.
 RECENTRE_DRIFT = 8.0
+#: Largest power-of-two exponent fed as a Python float (2.0 ** 1024 overflows).
+MAX_EXPONENT = 1000
 #: A float32 round with R below 2^this (or R = 0) may have lost small scores to underflow: `auto`
 #: rescales it (scores are about R / N; N up to 2^40 still leaves them normal).
 UNDERFLOW_LOG2 = -64.0
@@ -262,6 +264,8 @@ class SynFlowScorer(Scorer):
                 return flow, ok  # no flow at all, in any precision: the caller says why
             if ok and self._trace_error is None:
                 chosen = choose_exponents(self._ranges)
+                if chosen is not None and max(abs(chosen[0]), abs(chosen[1])) > MAX_EXPONENT:
+                    chosen = None  # 2^a or 2^b would not even be a float64
                 if chosen is not None:
                     self.scale = chosen[:2]
                     self._linearize(torch.float32)
