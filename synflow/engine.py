@@ -51,6 +51,10 @@ class PruneResult:
     #: (a, b) when float32 ran with the input scaled by 2^a and the backward seed by 2^b
     scale: tuple[int, int] | None = None
     precision_note: str | None = None  # why the run left float32, when it did
+    #: key -> (first round, cause) of each tensor whose remaining weights all scored 0
+    zero_score_layers: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: aten ops the scoring passes replaced by their linear part (synflow.linearise), per pass
+    linearised_ops: dict[str, int] = field(default_factory=dict)
     #: every parameter left dense, with the reason
     dense: list[DenseParameter] = field(default_factory=list)
     discovery: str = ""  # how the prunable parameters were found ("ops", "layer type", ...)
@@ -111,6 +115,8 @@ def prune(
     history: list[float] = []
     used_precision = "float32"
     scale = note = None
+    zero_layers: dict[str, tuple[int, str]] = {}
+    linearised: dict[str, int] = {}
     try:
         found = discover(model, config, inputs, device)
         tensors = found.prunable
@@ -139,6 +145,8 @@ def prune(
             used_precision = getattr(scorer, "precision", str(next(iter(params.values())).dtype))
             scale = getattr(scorer, "scale", None)
             note = getattr(scorer, "note", None)
+            zero_layers = dict(getattr(scorer, "zero_layers", {}))
+            linearised = dict(getattr(scorer, "linearised", {}))
     finally:
         if device.type != "cpu":
             model.module.to("cpu")
@@ -153,6 +161,8 @@ def prune(
         history=history,
         scale=scale,
         precision_note=note,
+        zero_score_layers=zero_layers,
+        linearised_ops=linearised,
         dense=found.dense,
         discovery=found.method,
     )

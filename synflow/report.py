@@ -57,6 +57,11 @@ def build_report(
             f"layer collapse: {name} was pruned away entirely; if it is not on a residual "
             "branch, the network is disconnected (lower the compression)"
         )
+    for name, (round_, cause) in result.zero_score_layers.items():
+        warnings.append(
+            f"zero flow: every remaining weight of {name} scored 0 in round {round_} ({cause}); "
+            "zero-score ties are pruned evenly across such layers, so none is emptied by them"
+        )
     flops: dict[str, Any] | None = None
     if positions is not None:
         dense = sum(r.get("flops_dense", 0) for r in rows)
@@ -110,6 +115,12 @@ def build_report(
             for d in result.dense
         ],
         "collapsed_layers": collapsed,
+        "zero_score_layers": [
+            {"name": name, "round": round_, "cause": cause}
+            for name, (round_, cause) in result.zero_score_layers.items()
+        ],
+        # ops scored by their linear part (synflow.linearise), with their count in one pass
+        "linearised_ops": result.linearised_ops,
         "warnings": warnings,
         "density_history": result.history,
         "timing": {"prune_seconds": result.seconds, "wall_seconds": wall_seconds},

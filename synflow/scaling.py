@@ -32,6 +32,7 @@ value computed from an activation (indices of a max, say) used later are all ref
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -463,9 +464,11 @@ def trace_forward(
     module: torch.nn.Module,
     x: torch.Tensor | tuple[torch.Tensor, ...],
     state: dict[int, torch.Tensor],
+    inner: TorchDispatchMode | None = None,
 ) -> Trace:
     """Run `module(*x)` (floating inputs of degree 1) under the tracer; `state` = id -> every
-    parameter/buffer.
+    parameter/buffer. `inner`: a mode entered inside the tracer (it sees the ops that mode issues
+    instead of the ones it replaces: `synflow.linearise`).
 
     Returns the output with the degree of every state tensor the pass used, the magnitude ranges
     of the forward values (and of the scaled constants), and the intermediates for backward hooks;
@@ -482,7 +485,7 @@ def trace_forward(
 
     tracer = marked()
     try:
-        with tracer:
+        with tracer, inner or contextlib.nullcontext():
             output = module(*xs)
     except Exception:
         # TorchScript's profiling executor can fail the first run of a traced graph under a
@@ -490,7 +493,7 @@ def trace_forward(
         # cannot run) specialises the graph, and the traced run is tried once more
         module(*xs)
         tracer = marked()
-        with tracer:
+        with tracer, inner or contextlib.nullcontext():
             output = module(*xs)
     trace = Trace(output, tracer.error)
     if trace.error is not None:

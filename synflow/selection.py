@@ -4,6 +4,14 @@ One function serves every scorer. Already-pruned weights rank below everything, 
 pruned. Ties at the threshold are broken by position (parameter order, then element order): the
 lowest positions go first. Where no tie straddles the threshold this equals the reference code,
 which prunes `score <= kthvalue` and so takes every tie (more weights than asked).
+
+Zero-score ties are the exception. A score of exactly 0 says nothing about a weight's worth (its
+layer carries no flow this round: all-zero weights, a dead branch, a saturated op), so breaking
+those ties by position would empty the first such layers silently while keeping the later ones.
+When the threshold is 0 and only some of the zero-score weights go, the cut is spread over the
+tensors in proportion to each one's number of zero-score weights (largest remainder, ties to the
+earlier tensor; by position inside a tensor): every tensor loses the same fraction of them, and
+none is emptied unless all of them are.
 """
 
 from __future__ import annotations
@@ -14,8 +22,9 @@ from synflow.masks import Masks, flat_view
 from synflow.schedule import prune_count
 
 
-def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Boolean tensor, same shape as flat `scores`, True for exactly `count` lowest entries."""
+def _prune_lowest(scores: torch.Tensor, count: int, sizes: list[int] | None = None) -> torch.Tensor:
+    """Boolean tensor, same shape as flat `scores`, True for exactly `count` lowest entries.
+    `sizes`: the tensors `scores` concatenates, for spreading zero-score ties over them."""
     if count <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if count >= scores.numel():
@@ -24,7 +33,32 @@ def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     below = scores < threshold
     tied = scores == threshold
     room = count - int(below.sum())
+    if float(threshold) == 0.0 and sizes is not None and len(sizes) > 1:
+        positions = torch.nonzero(tied).squeeze(1)
+        below[positions[spread_ties(positions, sizes, room)]] = True
+        return below
     return below | (tied & (torch.cumsum(tied, 0, dtype=torch.int64) <= room))
+
+
+def spread_ties(positions: torch.Tensor, sizes: list[int], room: int) -> torch.Tensor:
+    """Which `room` of the tied entries at sorted global `positions` go, as a bool tensor over
+    `positions`: each tensor (of the given `sizes`, back to back) gives a share proportional to
+    its number of tied entries, by largest remainder (equal remainders: the earlier tensor), and
+    its lowest positions first."""
+    total = positions.numel()
+    if room >= total:
+        return torch.ones(total, dtype=torch.bool, device=positions.device)
+    bounds = torch.tensor(sizes, dtype=torch.int64).cumsum(0).to(positions.device)
+    owner = torch.bucketize(positions, bounds, right=True)
+    counts = torch.bincount(owner, minlength=len(sizes)).tolist()
+    quotas = [room * c // total for c in counts]
+    left = room - sum(quotas)
+    by_remainder = sorted(range(len(counts)), key=lambda i: (-(room * counts[i] % total), i))
+    for i in by_remainder[:left]:
+        quotas[i] += 1
+    starts = torch.tensor([0, *counts[:-1]], dtype=torch.int64).cumsum(0).to(positions.device)
+    rank = torch.arange(total, device=positions.device) - starts[owner]
+    return rank < torch.tensor(quotas, dtype=torch.int64, device=positions.device)[owner]
 
 
 def _ranked(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,7 +80,8 @@ def select(
         raise ValueError(f"unknown scope {scope!r}; choose global or local")
     names = list(masks)
     flat = torch.cat([_ranked(scores[n], masks[n]) for n in names])
-    pruned = _prune_lowest(flat, prune_count(flat.numel(), density))
+    sizes = [masks[n].numel() for n in names]
+    pruned = _prune_lowest(flat, prune_count(flat.numel(), density), sizes)
     out = Masks()
     offset = 0
     for name in names:
@@ -89,9 +124,10 @@ def select_inplace(
         total = sum(v.numel() for v in values)
         count = prune_count(total, density)
         flat_values, flat_kept = flat_view(values), flat_view(kept)
+        sizes = [v.numel() for v in values]
         if len(group) > 1 and flat_values is not None and flat_kept is not None:
             # one buffer each (the engine's layout): whole-group ops, no concatenation
-            (mask,) = _select_group([flat_values], [flat_kept], count, pruned_scores_zero)
+            (mask,) = _select_group([flat_values], [flat_kept], count, pruned_scores_zero, sizes)
             offset = 0
             for name in group:
                 n = masks[name].numel()
@@ -99,15 +135,16 @@ def select_inplace(
                 offset += n
             continue
         for name, mask in zip(
-            group, _select_group(values, kept, count, pruned_scores_zero), strict=True
+            group, _select_group(values, kept, count, pruned_scores_zero, sizes), strict=True
         ):
             out[name] = mask.view_as(masks[name])
     return out
 
 
 def _select_group(
-    values: list[torch.Tensor], kept: list[torch.Tensor], count: int, zero: bool
+    values: list[torch.Tensor], kept: list[torch.Tensor], count: int, zero: bool, sizes: list[int]
 ) -> list[torch.Tensor]:
+    """`sizes`: the tensors the group's positions belong to (for spreading zero-score ties)."""
     total = sum(v.numel() for v in values)
     alive = sum(int(torch.count_nonzero(m)) for m in kept)
     pruned = total - alive
@@ -117,7 +154,7 @@ def _select_group(
         # nothing new to prune (or everything): the simple rule, which also covers the cases a
         # monotone schedule never produces (asking for fewer pruned than already are)
         flat = torch.cat([_ranked(v, m) for v, m in zip(values, kept, strict=True)])
-        drop = _prune_lowest(flat, count)
+        drop = _prune_lowest(flat, count, sizes)
         return [~d for d in drop.split([v.numel() for v in values])]
     if zero:
         floor_value = 0.0
@@ -129,10 +166,10 @@ def _select_group(
         at_floor = sum(int(torch.count_nonzero(v == -torch.inf)) for v in values)
         if at_floor > pruned:  # alive scores of -inf tie with the pruned: the simple rule
             flat = torch.cat([_ranked(v, m) for v, m in zip(values, kept, strict=True)])
-            drop = _prune_lowest(flat, count)
+            drop = _prune_lowest(flat, count, sizes)
             return [~d for d in drop.split([v.numel() for v in values])]
     if count <= at_floor:
-        return _prune_floor_ties(values, kept, count - pruned, floor_value)
+        return _prune_floor_ties(values, kept, count - pruned, floor_value, sizes)
     # the threshold is above the floor: every floor entry goes, plus the lowest others. From here
     # the values alone say what was pruned (they sit at the floor), so `kept` is free scratch.
     threshold, room, ties = _threshold(values, count, floor_value, at_floor, scratch=kept)
@@ -140,17 +177,32 @@ def _select_group(
     for v, m in zip(values, kept, strict=True):
         out.append(torch.gt(v, threshold, out=m))
     if room < len(ties):
-        # ties at the threshold: the first `room` by position go, the rest stay
-        for i, positions in _by_tensor(ties[room:], values):
+        # ties at the threshold: the first `room` by position go (zero ties: spread), the rest stay
+        stay = ties[~spread_ties(ties, sizes, room)] if threshold == 0.0 else ties[room:]
+        for i, positions in _by_tensor(stay, values):
             out[i][positions] = True
     return out
 
 
 def _prune_floor_ties(
-    values: list[torch.Tensor], kept: list[torch.Tensor], room: int, floor_value: float
+    values: list[torch.Tensor],
+    kept: list[torch.Tensor],
+    room: int,
+    floor_value: float,
+    sizes: list[int],
 ) -> list[torch.Tensor]:
-    """The threshold is the floor value: pruned stay pruned, and the first `room` alive entries
-    scoring the floor value (by position) go."""
+    """The threshold is the floor value: pruned stay pruned, and `room` alive entries scoring the
+    floor value go (zero scores: spread over the tensors; else the first by position)."""
+    if floor_value == 0.0 and len(sizes) > 1:
+        tied, offset = [], 0
+        for v, m in zip(values, kept, strict=True):
+            tied.append(torch.nonzero(m & (v == 0)).squeeze(1) + offset)
+            offset += v.numel()
+        ties = torch.cat(tied)
+        go = ties[spread_ties(ties, sizes, room)]
+        for i, positions in _by_tensor(go, values):
+            kept[i][positions] = False  # in place: keeps the caller's buffer layout
+        return kept
     out = []
     for v, m in zip(values, kept, strict=True):
         floor_alive = torch.nonzero(m & (v == floor_value)).squeeze(1)

@@ -26,15 +26,29 @@ import math
 from typing import Self
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
 from synflow.feed import forward_failure, ones_inputs, runs_on
+from synflow.linearise import Linearised
 from synflow.masks import Masks, flat_buffer, flat_view
-from synflow.scaling import Range, choose_exponents, log2_range, trace_forward
+from synflow.scaling import (
+    DEFAULT_MARGIN,
+    FLOAT32_MIN_EXP,
+    Range,
+    choose_exponents,
+    log2_range,
+    trace_forward,
+)
 from synflow.scorers.base import Scorer
 
 #: Re-centre the power-of-two scale when log2(R) has moved this far since it was chosen.
 RECENTRE_DRIFT = 8.0
+#: Largest power-of-two exponent fed as a Python float (2.0 ** 1024 overflows).
+MAX_EXPONENT = 1000
+#: A float32 round with R below 2^this (or R = 0) may have lost small scores to underflow: `auto`
+#: rescales it (scores are about R / N; N up to 2^40 still leaves them normal).
+UNDERFLOW_LOG2 = -64.0
 
 
 def output_sum(output: object) -> torch.Tensor:
@@ -54,6 +68,16 @@ def output_sum(output: object) -> torch.Tensor:
     for p in parts[1:]:
         total = total + p
     return total
+
+
+def _plain_failure(module: torch.nn.Module, xs: tuple) -> Exception | None:
+    """The error `module(*xs)` raises without autograd or dispatch modes, if any."""
+    try:
+        with torch.no_grad():
+            module(*xs)
+    except (RuntimeError, torch.jit.Error) as exc:
+        return exc
+    return None
 
 
 class SynFlowScorer(Scorer):
@@ -90,6 +114,14 @@ class SynFlowScorer(Scorer):
         #: float32's range)
         self.flow: float | None = None
         self._output_degree = 1
+        self._checked_log2: float | None = None  # log2 R when the scores were last checked
+        #: rounds scored so far
+        self.rounds = 0
+        #: key -> (first round, cause) of each prunable tensor whose remaining weights all
+        #: scored 0 in some round (see `zero_cause`)
+        self.zero_layers: dict[str, tuple[int, str]] = {}
+        #: aten ops the scoring passes replaced by their linear part, and how often per pass
+        self.linearised: dict[str, int] = {}
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -177,7 +209,7 @@ class SynFlowScorer(Scorer):
         """The scores in the scorer's own buffers (the live parameters), valid until the next
         call; the caller may overwrite them."""
         flow, ok = self._round(masks, record=self._recentre)
-        if not ok and self.ctx.precision == "auto":
+        if self.ctx.precision == "auto" and (not ok or self._underflowed(flow)):
             flow, ok = self._recover(masks)
         if not ok:
             raise DegenerateFlowError(
@@ -185,31 +217,66 @@ class SynFlowScorer(Scorer):
                 "its layers multiply the all-ones input beyond the floating-point range. "
                 "Rescale the initialisation or prune a shallower model"
             )
+        self.rounds += 1
         if float(flow) == 0.0:
             raise DegenerateFlowError(self._zero_flow_message(masks))
         if not self._any_positive:
             raise DegenerateFlowError(self._zero_flow_message(masks))
+        self._note_zero_layers(masks)
         a = self.scale[0] if self.scale else 0
         self.flow = float(flow) * 2.0 ** (-a * self._output_degree)
         return {key: p.detach() for key, p in self.ctx.params.items()}
 
+    def _underflowed(self, flow: torch.Tensor) -> bool:
+        """Whether a float32 round may have lost scores to underflow: R is zero or no score is
+        positive, or, unscaled, R is so small that scores near R / N go subnormal (a chosen scale
+        already placed every measured value in range, R included). Rescaling a round that did
+        not need it costs one float64 pass, nothing else."""
+        if self.dtype != torch.float32:
+            return False
+        value = float(flow)
+        if value <= 0.0 or not self._any_positive:
+            return True
+        if self.scale is not None:
+            return False
+        log2_flow = math.log2(value)
+        if log2_flow < UNDERFLOW_LOG2:
+            return True
+        # R can be healthy (e.g. carried by the last biases) while the scores of early layers
+        # flush to zero: look at the smallest positive score in the first round and whenever R
+        # has fallen by RECENTRE_DRIFT orders since the last look (one pass over the scores)
+        if self._checked_log2 is not None and log2_flow > self._checked_log2 - RECENTRE_DRIFT:
+            return False
+        self._checked_log2 = log2_flow
+        with torch.no_grad():
+            positive = torch.where(self._work > 0, self._work, math.inf).amin()
+        return float(positive) < 2.0 ** (FLOAT32_MIN_EXP + DEFAULT_MARGIN)
+
     def _recover(self, masks: Masks) -> tuple[torch.Tensor, bool]:
-        """After a non-finite float32 round: rescale by powers of two if the network allows it,
-        else continue in float64."""
+        """After a float32 round that overflowed or underflowed: rescale by powers of two if the
+        network allows it, else continue in float64."""
         if self.dtype == torch.float32:
             self.scale = None
             self._flow_log2 = None
             self._linearize(torch.float64)
             flow, ok = self._round(masks, record=True)  # float64, and measures the magnitudes
+            if ok and (float(flow) == 0.0 or not self._any_positive):
+                return flow, ok  # no flow at all, in any precision: the caller says why
             if ok and self._trace_error is None:
                 chosen = choose_exponents(self._ranges)
+                if chosen is not None and max(abs(chosen[0]), abs(chosen[1])) > MAX_EXPONENT:
+                    chosen = None  # 2^a or 2^b would not even be a float64
                 if chosen is not None:
                     self.scale = chosen[:2]
                     self._linearize(torch.float32)
                     flow, ok = self._round(masks, record=False)
-                    if ok:
+                    if ok and not self._underflowed(flow):
                         return flow, ok
-                    self.note = "float32 overflowed even with power-of-two rescaling"
+                    self.note = (
+                        "float32 overflowed even with power-of-two rescaling"
+                        if not ok
+                        else "float32 underflowed even with power-of-two rescaling"
+                    )
                 else:
                     self.note = "the flow spans more binary orders than float32 holds"
             elif self._trace_error is not None:
@@ -279,11 +346,19 @@ class SynFlowScorer(Scorer):
         self._trace_error = None
         self._ranges: list[Range] = []
         self._recording = False
+        linear = Linearised()  # this pass's forward and backward (see synflow.linearise)
+        self.linearised = linear.replaced
         try:
-            with torch.enable_grad():
+            # the math attention kernel shows its softmax to `linear`; TorchScript's optimised
+            # execution would differentiate some ops itself, behind `linear`'s back
+            with (
+                torch.enable_grad(),
+                sdpa_kernel([SDPBackend.MATH]),
+                torch.jit.optimized_execution(False),
+            ):
                 if record:
                     state = {id(t): t for t, _, _ in self._saved.values()}
-                    trace = trace_forward(module, xs, state)
+                    trace = trace_forward(module, xs, state, inner=linear)
                     output, self._trace_error = trace.output, trace.error
                     if self._trace_error is None:
                         self._degrees = trace.degrees
@@ -292,11 +367,15 @@ class SynFlowScorer(Scorer):
                         self._trace_output_degree = trace.output_degree
                         self._output_degree = trace.output_degree
                 else:
-                    output = module(*xs)
+                    with linear:
+                        output = module(*xs)
                 flow = output_sum(output)
         except (RuntimeError, torch.jit.Error) as exc:
+            # an error raised under a Python dispatch mode reaches TorchScript without its
+            # message: run once more without the modes for the model's own words
+            own = _plain_failure(module, xs) or exc
             raise forward_failure(
-                exc, specs, lambda batched: runs_on(module, batched, self.dtype)
+                own, specs, lambda batched: runs_on(module, batched, self.dtype)
             ) from exc
         if flow is None:
             raise InvalidModelError(
@@ -314,12 +393,14 @@ class SynFlowScorer(Scorer):
                 for p in params:
                     hooks.append(p.register_post_accumulate_grad_hook(self._scorer(scored)))
                 try:
-                    flow.backward(seed)
+                    with linear:
+                        flow.backward(seed)
                 finally:
                     for h in hooks:
                         h.remove()
             else:
-                grads = torch.autograd.grad(flow, params, seed, allow_unused=True)
+                with linear:
+                    grads = torch.autograd.grad(flow, params, seed, allow_unused=True)
                 for h in hooks:
                     h.remove()
                 for p, g in zip(params, grads, strict=True):
@@ -380,6 +461,26 @@ class SynFlowScorer(Scorer):
                 hooks.append(tensor.register_hook(record))
         return hooks
 
+    def _note_zero_layers(self, masks: Masks) -> None:
+        """Remember the tensors whose remaining weights all score 0 this round, with the cause."""
+        with torch.no_grad():
+            for key, p in self.ctx.params.items():
+                if key in self.zero_layers or p.numel() == 0 or bool(p.amax() > 0):
+                    continue
+                mask = masks[key].to(p.device)
+                if not bool(mask.any()):
+                    continue  # pruned away: the report lists it as collapsed
+                self.zero_layers[key] = (self.rounds, self._zero_cause(key, mask))
+
+    def _zero_cause(self, key: str, mask: torch.Tensor) -> str:
+        original = self._saved[id(self.ctx.params[key])][1]
+        if not bool((original.ne(0) & mask).any()):
+            return "zero weights: all its remaining weights are 0"
+        return (
+            "dead branch: no flow reaches it (its output does not reach the model's output, or "
+            "an all-zero layer or an op with zero derivative lies on every path)"
+        )
+
     def _zero_flow_message(self, masks: Masks) -> str:
         zero_layers = [  # the live parameters hold scores now: look at the kept originals
             key
@@ -389,9 +490,10 @@ class SynFlowScorer(Scorer):
         emptied = [key for key, m in masks.items() if not bool(m.any())]
         if emptied:
             return (
-                "synaptic flow is zero: pruning emptied "
+                f"synaptic flow is zero after round {self.rounds}: pruning emptied "
                 + ", ".join(emptied[:5])
-                + " so nothing reaches the output; lower the compression"
+                + " (every remaining weight of it scored below the threshold), so nothing "
+                "reaches the output; lower the sparsity, or keep such layers dense with exclude"
             )
         if zero_layers:
             return (
