@@ -35,6 +35,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from synflow.scaling import flatten
+
 aten = torch.ops.aten
 
 WEIGHT = "weight"
@@ -174,19 +176,19 @@ class UseTracer(TorchDispatchMode):
             from_product = (
                 bool(args) and isinstance(args[0], torch.Tensor) and (args[0] in self._products)
             )
-            for o in _flat(out):
+            for o in flatten(out):
                 if isinstance(o, torch.Tensor):
                     if name is not None:
                         self._copies[o] = name
                     if from_product:
                         self._products[o] = True
             return out
-        for t in _flat(list(args) + list(kwargs.values())):
+        for t in flatten(list(args) + list(kwargs.values())):
             name = self.owner(t)
             if name is not None:
                 self.touched.add(name)
         if packet in PRODUCTS:
-            for t in _flat(list(args) + list(kwargs.values())):
+            for t in flatten(list(args) + list(kwargs.values())):
                 self._use(t, WEIGHT, op)
             is_product = True
         elif packet in ADDMMS:
@@ -199,7 +201,7 @@ class UseTracer(TorchDispatchMode):
             self._use(args[2] if len(args) > 2 else kwargs.get("bias"), BIAS, op)
             is_product = True
         elif packet in FUSED:
-            for t in _flat(list(args) + list(kwargs.values())):
+            for t in flatten(list(args) + list(kwargs.values())):
                 if isinstance(t, torch.Tensor):
                     self._use(t, WEIGHT if t.dim() >= 2 else BIAS, op)
             is_product = True
@@ -216,7 +218,7 @@ class UseTracer(TorchDispatchMode):
                 if isinstance(other, torch.Tensor) and other in self._products:
                     self._use(this, BIAS, op)
         if is_product:
-            for o in _flat(out):
+            for o in flatten(out):
                 if isinstance(o, torch.Tensor):
                     self._products[o] = True
         return out
@@ -226,15 +228,6 @@ def _arg(args, kwargs, index: int, name: str):
     if index < len(args):
         return args[index]
     return kwargs.get(name)
-
-
-def _flat(x: object) -> list:
-    if isinstance(x, list | tuple):
-        out = []
-        for v in x:
-            out.extend(_flat(v))
-        return out
-    return [x]
 
 
 def trace_uses(

@@ -241,12 +241,12 @@ class HomogeneityTracer(TorchDispatchMode):
         self._taint(args, kwargs, out)
         if isinstance(degree, _Free):
             if func.overloadpacket not in (aten.detach, aten.alias) and any(
-                isinstance(o, torch.Tensor) and self._owner(o) is None for o in _flat(out)
+                isinstance(o, torch.Tensor) and self._owner(o) is None for o in flatten(out)
             ):
                 degree = self._fixed(degree)  # a copy, not a view: its use no longer tells
             else:
                 return out
-        for o in _flat(out):
+        for o in flatten(out):
             if isinstance(o, torch.Tensor) and o.is_floating_point():
                 self._deg[o] = degree
                 if self.record_ranges and degree != 0:
@@ -260,7 +260,7 @@ class HomogeneityTracer(TorchDispatchMode):
         """What the per-op rules below do not see: integer and boolean operands, dtypes."""
         packet = func.overloadpacket
         name = str(packet).removeprefix("aten.")
-        operands = [t for t in _flat(list(args) + list(kwargs.values()))]
+        operands = [t for t in flatten(list(args) + list(kwargs.values()))]
         if any(isinstance(t, torch.Tensor) and t in self._tainted for t in operands):
             if packet is aten._local_scalar_dense or packet is aten.is_nonzero:
                 raise NotHomogeneous("the model branches on the value of an activation")
@@ -271,7 +271,7 @@ class HomogeneityTracer(TorchDispatchMode):
         if first is None or not self._nonzero_degree(first):
             return
         if packet in CASTS:
-            dtypes = {o.dtype for o in _flat(out) if isinstance(o, torch.Tensor)}
+            dtypes = {o.dtype for o in flatten(out) if isinstance(o, torch.Tensor)}
             if not dtypes <= EXACT_DTYPES:
                 got = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
                 raise NotHomogeneous(f"an activation is cast to {got} (a dtype round trip)")
@@ -294,11 +294,13 @@ class HomogeneityTracer(TorchDispatchMode):
 
     def _taint(self, args, kwargs, out) -> None:
         """Integer/boolean outputs of an op that read an activation depend on its value."""
-        outs = [o for o in _flat(out) if isinstance(o, torch.Tensor) and not o.is_floating_point()]
+        outs = [
+            o for o in flatten(out) if isinstance(o, torch.Tensor) and not o.is_floating_point()
+        ]
         if not outs:
             return
         inputs = [
-            t for t in _flat(list(args) + list(kwargs.values())) if isinstance(t, torch.Tensor)
+            t for t in flatten(list(args) + list(kwargs.values())) if isinstance(t, torch.Tensor)
         ]
         if any(
             (t.is_floating_point() and self._nonzero_degree(t)) or t in self._tainted
@@ -309,7 +311,7 @@ class HomogeneityTracer(TorchDispatchMode):
 
     def _rule(self, func, args, kwargs) -> int:
         packet = func.overloadpacket
-        tensors = [t for t in _flat(list(args) + list(kwargs.values())) if _is_float(t)]
+        tensors = [t for t in flatten(list(args) + list(kwargs.values())) if _is_float(t)]
         if packet in FACTORIES:
             return 0
         if packet is aten._local_scalar_dense or packet is aten.is_nonzero:
@@ -340,7 +342,7 @@ class HomogeneityTracer(TorchDispatchMode):
             return self._fixed(degs[0])
         if packet in SAME_DEGREE:
             # every tensor operand counts, integer and boolean ones as constants of degree 0
-            operands = [t for t in _flat(list(args)) if isinstance(t, torch.Tensor)]
+            operands = [t for t in flatten(list(args)) if isinstance(t, torch.Tensor)]
             scalars = [a for a in args[1:] if isinstance(a, int | float)]
             if packet is aten.where:
                 operands = operands[1:]  # the condition selects, it is not added
@@ -407,11 +409,12 @@ def _any(t: torch.Tensor) -> bool:
     return bool(t.detach().ne(0).any())
 
 
-def _flat(x: object) -> list:
+def flatten(x: object) -> list:
+    """The leaves of nested lists and tuples of op arguments or results, in order."""
     if isinstance(x, list | tuple):
         out = []
         for v in x:
-            out.extend(_flat(v))
+            out.extend(flatten(v))
         return out
     return [x]
 
@@ -500,7 +503,7 @@ def trace_forward(
         return trace
     degrees = {
         tracer._fixed(tracer.degree_of(t))
-        for t in _flat(_tensors_in(output))
+        for t in flatten(_tensors_in(output))
         if _is_float(t) and _any(t)
     }
     if len(degrees) > 1:
