@@ -82,10 +82,16 @@ def build_report(
         warnings.append("FLOPs not counted: no input_shape (or inputs) was given")
     integers = integer_inputs(result.inputs)
     if integers:
-        warnings.append(
-            f"integer inputs ({format_input_specs(tuple(integers))}) were fed all ones (every "
-            "token id or index 1), not a linearised embedding; their scores reflect that one value"
-        )
+        fed = f"integer inputs ({format_input_specs(tuple(integers))}) were fed all ones"
+        if result.linearised_ops.get("embedding"):
+            warnings.append(
+                f"{fed}; their embedding lookups were scored as a one-hot all-ones input (every "
+                "position receives the sum of all rows, see synflow/linearise.py)"
+            )
+        else:
+            warnings.append(
+                f"{fed} (every token id or index 1); their scores reflect that one value"
+            )
     return {
         "synflow_version": __version__,
         "format": model.format,

@@ -287,7 +287,60 @@ def _convert(prepared: onnx.ModelProto) -> fx.GraphModule:
     except (ValueError, RuntimeError, TypeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise InvalidModelError(f"the ONNX model cannot be converted: {first}") from exc
+    _torch_hardsigmoid(module)
     return module.eval()
+
+
+def _torch_hardsigmoid(module: torch.nn.Module) -> None:
+    """onnx2torch runs `HardSigmoid` as clip(alpha * x + beta, 0, 1), arithmetic that the scoring
+    passes cannot tell from any other clamp; with torch's own constants (alpha 1/6, beta 1/2,
+    what exporters write for `nn.Hardsigmoid`) it is `nn.Hardsigmoid`, whose gate the SynFlow
+    passes linearise (synflow/linearise.py) as they do for the model before export."""
+    from onnx2torch.node_converters.activations import OnnxHardSigmoid
+
+    for name, child in list(module.named_modules()):
+        if (
+            isinstance(child, OnnxHardSigmoid)
+            and math.isclose(child.alpha, 1 / 6, rel_tol=1e-6)
+            and child.beta == 0.5
+        ):
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, attr, nn.Hardsigmoid())
+    if isinstance(module, fx.GraphModule):
+        _torch_hardswish(module)
+
+
+def _torch_hardswish(module: fx.GraphModule) -> None:
+    """Before opset 14 exporters write `nn.Hardswish` as Mul(x, HardSigmoid(x)); fold it back
+    into `nn.Hardswish` (the same function) so the scoring passes treat it as before export."""
+    from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+
+    changed = False
+    for gate in list(module.graph.nodes):
+        if gate.op != "call_module" or not isinstance(
+            module.get_submodule(gate.target), nn.Hardsigmoid
+        ):
+            continue
+        (x,) = gate.args
+        for use in list(gate.users):
+            mul = module.get_submodule(use.target) if use.op == "call_module" else None
+            if (
+                isinstance(mul, OnnxBinaryMathOperation)
+                and mul.math_op_function is torch.mul
+                and mul.broadcast is None
+                and set(use.args) == {x, gate}
+                and len(use.args) == 2
+            ):
+                parent, _, attr = use.target.rpartition(".")
+                owner = module.get_submodule(parent) if parent else module
+                setattr(owner, attr, nn.Hardswish())
+                use.args = (x,)
+                changed = True
+        if not gate.users:
+            module.graph.erase_node(gate)
+    if changed:
+        module.graph.lint()
+        module.recompile()
 
 
 # --- initializers as parameters ---------------------------------------------------------------

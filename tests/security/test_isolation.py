@@ -134,6 +134,8 @@ def test_a_job_reads_only_its_own_input(service, dotenv, tmp_path):
             targets = {k: v for k, v in targets.items() if "upload" in k or ".env" in k}
         for name, path in targets.items():
             assert path.stat().st_size >= READ, name  # there is something to steal
+        # read now: an upload is deleted when its job ends (service/retention.py)
+        secrets = {name: path.read_bytes()[:READ] for name, path in targets.items()}
         # the channel works: the job's own input (at a fixed name in its folder) comes out
         own = run_thief(alice, tmp_path, "input")
         assert own["status"] == "failed"
@@ -154,7 +156,7 @@ def test_a_job_reads_only_its_own_input(service, dotenv, tmp_path):
         assert job["status"] == "failed", (name, job)
         detail = job["error"]["detail"]
         assert leaked(detail) is None, (name, detail)
-        secret = targets[name].read_bytes()[:READ]
+        secret = secrets[name]
         everything = json.dumps(job).encode()
         assert secret not in everything and secret.hex().encode() not in everything
         assert str(REPO_ROOT) not in detail and str(service.data) not in detail, detail
@@ -195,7 +197,9 @@ def test_a_job_flooding_its_scratch_is_stopped_and_the_worker_is_free(service, t
 
 def test_two_root_workers_on_one_host_do_not_kill_each_others_jobs(tmp_path):
     settings = redis_settings()
-    env = base_env(tmp_path / "data", **settings)  # one uid base for both, as on one host
+    # one uid base for both, as on one host; both jobs are the default tenant's, so its cap on
+    # running jobs (fairness, service/scheduling.py) is raised to let them run at once
+    env = base_env(tmp_path / "data", tenant_max_running="2", **settings)
     api, url = start_api(env, tmp_path)
     workers = [start_worker(env, tmp_path) for _ in range(2)]
     try:

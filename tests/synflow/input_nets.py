@@ -37,3 +37,24 @@ class Tokens(nn.Module):
 def half_model(dtype: torch.dtype) -> nn.Module:
     """The residual CNN (BatchNorm with non-trivial statistics) in `dtype`."""
     return nets.randomize_batchnorm(nets.seeded(nets.ResCNN, seed=5)).eval().to(dtype)
+
+
+class SumOfRows(nn.Module):
+    """The embedding's documented linear part (synflow/linearise.py): every position receives
+    the sum of all rows. A reference twin swaps it in for the lookup."""
+
+    def __init__(self, emb: nn.Embedding):
+        super().__init__()
+        self.weight = emb.weight
+
+    def forward(self, x):
+        return self.weight.sum(0).expand(*x.shape, -1)
+
+
+def linearised_twin(module: nn.Module) -> nn.Module:
+    """The same model (same values) with its `emb` lookup replaced by the sum of all rows: what
+    the scoring passes compute, for the reference to run."""
+    twin = type(module)()
+    twin.load_state_dict(module.state_dict())
+    twin.emb = SumOfRows(twin.emb)
+    return twin.eval()

@@ -17,6 +17,7 @@ from synflow.masks import Masks
 from synflow.scorers.base import ScoringContext
 from synflow.scorers.synflow import SynFlowScorer
 from tests.synflow import nets
+from tests.synflow.input_nets import SumOfRows
 from tests.synflow.reference import synflow_scores
 
 
@@ -180,17 +181,6 @@ class Tokens(nn.Module):
 
     def forward(self, x):
         return self.fc(self.emb(x.long()))
-
-
-class SumOfRows(nn.Module):
-    """The embedding's documented linear part: every position receives the sum of all rows."""
-
-    def __init__(self, emb: nn.Embedding):
-        super().__init__()
-        self.weight = emb.weight
-
-    def forward(self, x):
-        return self.weight.sum(0).expand(*x.shape, -1)
 
 
 def test_embedding_lookup_is_the_sum_of_all_rows():
