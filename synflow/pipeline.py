@@ -27,7 +27,6 @@ from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
 from synflow.io.atomic import write_atomically
-from synflow.io.formats import model_file
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
@@ -36,11 +35,6 @@ from synflow.report import build_report
 MASKS = "masks.safetensors"
 WEIGHTS = "weights.safetensors"
 REPORT = "report.json"
-
-
-def model_filename(fmt: str) -> str:
-    """The pruned model's file name for an input of format `fmt` (from the format registry)."""
-    return model_file(fmt)
 
 
 def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:

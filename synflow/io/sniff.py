@@ -39,14 +39,9 @@ class Sample:
             raise InvalidModelError("the model file is empty")
         if not head.startswith(ZIP_MAGIC):
             return cls(head)
-        return cls(head, tuple(central_directory_names(path, limits or ArchiveLimits())))
-
-
-def central_directory_names(path: str | Path, limits: ArchiveLimits) -> list[str]:
-    """Member names as the zip's central directory lists them, after the cheap bounded checks of
-    `synflow.io.zipcheck` (entry cap before parsing, declared sizes, methods); no member is read
-    or inflated (the loaders run `synflow.io.archive.inspect_zip` before they open any)."""
-    return member_names(path, limits)
+        # the directory's names after zipcheck's bounded checks; nothing is inflated (the loaders
+        # run `synflow.io.archive.inspect_zip` before they open a member)
+        return cls(head, tuple(member_names(path, limits or ArchiveLimits())))
 
 
 # --- one sniffer per format (registry entries name them) --------------------------------------

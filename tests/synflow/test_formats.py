@@ -16,7 +16,6 @@ from synflow.io import formats
 from synflow.io.formats import FORMATS, _resolve, detect_format, format_spec, model_file
 from synflow.io.limits import ArchiveLimits, InputLimits, OnnxLimits
 from synflow.io.sniff import Sample
-from synflow.pipeline import model_filename
 from tests.service.harness import REPO_ROOT
 from tests.synflow import nets
 from tests.synflow.test_onnx_bad_inputs import linear_model, save
@@ -49,7 +48,6 @@ def test_the_registry_and_the_sniffers_need_no_torch():
 def test_artifact_names_derive_from_the_registry(name, tmp_path):
     expected = FORMATS[name].model_file
     assert model_file(name) == expected
-    assert model_filename(name) == expected
     assert artifacts.artifact_file("model", name) == expected
     job = "0cb30b28-8b73-489c-961e-a262378c44a6"
     path = artifacts.ArtifactStore(tmp_path).artifact_path(job, "model", name)
