@@ -1,5 +1,5 @@
 """`celery -A worker.celery_app worker`: the Celery app, configured from the same `Settings`
-as the API (service/queue.py), plus the prune task and the sweeper that requeues jobs whose
+as the API (jobs/queue.py), plus the prune task and the sweeper that requeues jobs whose
 worker was lost."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 
 from celery.signals import worker_ready
 
-from service.queue import make_celery
-from service.settings import Settings
+from jobs.queue import make_celery
+from jobs.settings import Settings
 from worker.context import WorkerContext
 from worker.lifeline import PARENT_PID_ENV, die_with_parent
 
