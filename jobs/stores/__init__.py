@@ -68,6 +68,10 @@ class JobStore(Protocol):
     def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` jobs that ended before `cutoff`, oldest first (expiry)."""
 
+    def callbacks_due(self, now: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` ended jobs whose webhook is pending and due by `now`, the
+        longest due first (jobs/webhooks/)."""
+
     def ensure_indexes(self) -> None:
         """Index records written before the store had its indexes (after an upgrade)."""
 
