@@ -49,7 +49,11 @@ def deliver_due(jobs: JobStore, settings: Settings) -> list[str]:
         if record is None or record.callback is None:
             continue  # another worker took it, or it is not due after all
         number = record.callback.attempts
-        result = deliver(record, settings)
+        try:
+            result = deliver(record, settings)
+        except Exception as exc:  # a bug here must not leave the attempt leased forever
+            log.exception("job %s: webhook attempt %d failed unexpectedly", job_id, number)
+            result = Attempt(False, error=f"internal error while sending: {type(exc).__name__}")
         outbox.record_attempt(jobs, job_id, number, result, settings)
         if result.delivered:
             delivered.append(job_id)

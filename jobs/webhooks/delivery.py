@@ -43,14 +43,14 @@ def attempt(url: str, body: bytes, headers: dict[str, str], settings: Settings) 
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             error = f"cannot connect to {target.host} ({address}): {exc or type(exc).__name__}"
             continue
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return Attempt(False, error=f"{type(exc).__name__} from {target.host}: {exc}")
         if 200 <= status < 300:
             return Attempt(True)
         if 300 <= status < 400:
             return Attempt(
                 False,
-                error=f"the receiver answered {status} (a redirect to {location or '?'}); "
+                error=f"the receiver answered {status} (a redirect to {quote(location or '?')}); "
                 "redirects are not followed: give the final URL as callback_url",
             )
         return Attempt(False, error=f"the receiver answered {status}: {answer}".rstrip(": "))
@@ -88,6 +88,10 @@ def _post(
                         break
         finally:
             response.close()
-    text = answer[:limit].decode(errors="replace")
-    quoted = "".join(c if c.isprintable() else " " for c in text)[:QUOTED].strip()
-    return response.status_code, response.headers.get("location"), quoted
+    return response.status_code, response.headers.get("location"), quote(answer[:limit])
+
+
+def quote(data: bytes | str) -> str:
+    """The start of what a receiver sent, printable, for `last_error`."""
+    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+    return "".join(c if c.isprintable() else " " for c in text)[:QUOTED].strip()
