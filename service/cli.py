@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.settings import Settings, settings_env
+from jobs.settings import Settings, settings_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

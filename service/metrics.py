@@ -18,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from service.stores import TenantUsage
+from jobs.stores import TenantUsage
 
 
 class Metrics:

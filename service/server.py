@@ -19,8 +19,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
+from jobs.settings import Settings
 from service.problems import MEDIA_TYPE
-from service.settings import Settings
 
 log = logging.getLogger("service")
 

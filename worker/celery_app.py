@@ -1,6 +1,6 @@
 """`celery -A worker.celery_app worker`: the Celery app, configured from the same `Settings`
-as the API (service/queue.py), plus the prune task and the sweeper that requeues jobs whose
-worker was lost."""
+as the API (jobs/queue.py), plus the prune task, the sweeper that requeues jobs whose
+worker was lost, and the courier that delivers webhooks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import os
 
 from celery.signals import worker_ready
 
-from service.queue import make_celery
-from service.settings import Settings
+from jobs.queue import make_celery
+from jobs.settings import Settings
 from worker.context import WorkerContext
 from worker.lifeline import PARENT_PID_ENV, die_with_parent
 
@@ -26,7 +26,8 @@ log = logging.getLogger("worker")
 
 
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
+def _start_threads(**_: object) -> None:
+    from worker.courier import start_courier
     from worker.recovery import start_sweeper
 
     try:
@@ -34,3 +35,4 @@ def _start_sweeper(**_: object) -> None:
     except Exception:  # the store is down: the next start tries again
         log.exception("could not check the job store's indexes")
     start_sweeper(context)
+    start_courier(context)

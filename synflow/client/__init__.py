@@ -9,11 +9,15 @@
         client.download(job.id, "pruned/")         # masks, weights, model, report
 
 Errors the service answers, and a service that cannot be reached, raise `ProblemError`.
+`verify_webhook(headers, body, secret)` checks a job's webhook (raises
+`WebhookVerificationError` unless it is genuine and fresh).
 """
 
 from synflow.client.client import DEFAULT_URL, Client, JobTimeout, Pruned, prune_remote
 from synflow.client.errors import UNREACHABLE, ProblemError
 from synflow.client.models import Callback, Job, JobLinks, JobPage, Problem, Progress
+from synflow.webhooks import WebhookVerificationError
+from synflow.webhooks import verify as verify_webhook
 
 __all__ = [
     "DEFAULT_URL",
@@ -28,5 +32,7 @@ __all__ = [
     "ProblemError",
     "Progress",
     "Pruned",
+    "WebhookVerificationError",
     "prune_remote",
+    "verify_webhook",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import hash_key
+from jobs.settings import hash_key
 from tests.service.harness import base_env, start_api, write_model
 
 TENANTS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")

@@ -309,3 +309,16 @@ def test_the_client_imports_no_service_worker_or_torch():
     out = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_verify_webhook_is_the_services_check():
+    from synflow.client import WebhookVerificationError, verify_webhook
+    from synflow.webhooks import new_secret, sign
+
+    secret, body = new_secret(), b'{"id": "j1", "status": "succeeded"}'
+    headers = sign(secret, "msg_j1", int(time.time()), body)
+    verify_webhook(headers, body, secret)  # genuine: no error
+    verify_webhook({k.upper(): v for k, v in headers.items()}, body, secret)
+    for forged in ((headers, body + b" ", secret), (headers, body, new_secret())):
+        with pytest.raises(WebhookVerificationError):
+            verify_webhook(*forged)

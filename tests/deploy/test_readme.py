@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import ENV_PREFIX, Settings
+from jobs.settings import ENV_PREFIX, Settings
 from tests.service.harness import REPO_ROOT, base_env, start_api
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

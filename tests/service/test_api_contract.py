@@ -11,8 +11,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from jobs.settings import Settings, hash_key
 from service.app import create_app
-from service.settings import Settings, hash_key
 from tests.service.harness import small_cnn, write_model
 
 MAX_UPLOAD = 200_000

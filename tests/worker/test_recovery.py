@@ -7,9 +7,9 @@ import time
 import uuid
 from datetime import timedelta
 
-from service import lifecycle
-from service.schemas import JobRecord, utcnow
-from service.settings import Settings
+from jobs import lifecycle
+from jobs.records import JobRecord, utcnow
+from jobs.settings import Settings
 from worker.context import WorkerContext
 from worker.recovery import remove_orphan_scratch, requeue_stale_jobs
 

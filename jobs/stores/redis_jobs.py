@@ -10,8 +10,9 @@ Keys (all under the configured prefix):
     running:<tenant>  the tenant's running job ids (its count against the running cap)
     usage:<tenant>    hash: `inputs`, `artifacts`: bytes its jobs hold
     tenants           sorted set of tenants by the turn of their last start (round-robin,
-                      service/scheduling.py), turns from the counter `turn`
+                      jobs/scheduling.py), turns from the counter `turn`
     finished          sorted set of ended job ids by when they ended (epoch seconds; expiry)
+    callbacks         sorted set of ended job ids whose webhook is pending, by when it is due
 
 Records written before these indexes existed (an upgrade) are indexed once, by the first process
 that calls `ensure_indexes` (the API and every worker do at start), which then sets `indexes`.
@@ -31,9 +32,9 @@ from datetime import datetime
 
 import redis
 
-from service.scheduling import pick_tenant
-from service.schemas import JobRecord
-from service.stores import Change, TenantUsage
+from jobs.records import JobRecord
+from jobs.scheduling import pick_tenant
+from jobs.stores import Change, TenantUsage
 
 #: what `indexes` holds once every record is indexed
 INDEX_VERSION = "1"
@@ -84,6 +85,10 @@ class RedisJobStore:
     def _finished(self) -> str:
         return f"{self.prefix}finished"
 
+    @property
+    def _callbacks(self) -> str:
+        return f"{self.prefix}callbacks"
+
     def _reindex(
         self, pipe, old: JobRecord | None, new: JobRecord | None, usage: bool = True
     ) -> None:
@@ -109,6 +114,11 @@ class RedisJobStore:
             pipe.zadd(self._finished, {job_id: ended[1].timestamp()})
         elif ended[1] is None and ended[0] is not None:
             pipe.zrem(self._finished, job_id)
+        due = (old.callback_due if old else None), (new.callback_due if new else None)
+        if due[1] is not None and due[1] != due[0]:
+            pipe.zadd(self._callbacks, {job_id: due[1].timestamp()})
+        elif due[1] is None and due[0] is not None:
+            pipe.zrem(self._callbacks, job_id)
         for field, size in (("inputs", "stored_input_bytes"), ("artifacts", "artifact_bytes")):
             if not usage:
                 break
@@ -301,6 +311,11 @@ class RedisJobStore:
     def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
         return self.client.zrangebyscore(
             self._finished, "-inf", f"({cutoff.timestamp()}", start=0, num=limit
+        )
+
+    def callbacks_due(self, now: datetime, limit: int) -> list[str]:
+        return self.client.zrangebyscore(
+            self._callbacks, "-inf", now.timestamp(), start=0, num=limit
         )
 
     def ping(self) -> None:

@@ -8,7 +8,7 @@ Layout, derived only from server-generated job ids (never from client-supplied n
                                       by the format registry, synflow.io.formats: model.pt,
                                       model.onnx, ...), report.json; appears whole (one rename)
 
-Every file is stored mode 0600 and every folder 0700 (service/stores/private.py): only the
+Every file is stored mode 0600 and every folder 0700 (jobs/stores/private.py): only the
 service's user reads them; a job reads its own input only, through the sandbox's grant.
 """
 
@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from service.stores.private import DIR_MODE, private_dir, private_file
+from jobs.stores.private import DIR_MODE, private_dir, private_file
 from synflow.io.formats import model_file
 
 ARTIFACT_FILES = {
