@@ -61,12 +61,8 @@ def cuda_ms(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], **kw) -> 
         gpu(*xs)
         torch.cuda.synchronize()
 
-    try:
-        with torch.inference_mode():
-            return median_ms(run, **kw)
-    finally:
-        del gpu
-        torch.cuda.empty_cache()
+    with torch.inference_mode():
+        return median_ms(run, **kw)
 
 
 NO_GPU = "not measured: no CUDA device on this machine"

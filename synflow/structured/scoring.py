@@ -18,7 +18,7 @@ from synflow.masks import Masks
 from synflow.model import LoadedModel, PrunableTensor, layer_type
 from synflow.scorers.base import ScoringContext
 from synflow.scorers.registry import scorer_spec
-from synflow.structured.channels import WEIGHT_TYPES, ScoreFn, WeightScores
+from synflow.structured.channels import WEIGHT_TYPES, WeightScores
 
 
 class RegistryScores:
