@@ -3,12 +3,17 @@
     python bench/structured.py [--size 224] [--iterations 10] [--models resnet18,...]
 
 Rows per model (random init, torchvision): dense; unstructured SynFlow at 50% (zeros in a dense
-graph); channel SynFlow at 50% of each group's channels (local scope: the same architecture as
-Torch-Pruning's L1 and random channel pruning at 50%, so all three have the same MACs); Torch-
-Pruning's L1 magnitude importance with global ranking at 50%; channel SynFlow and random channel
-pruning (global) at the same MACs as that L1 model (density found by bisection); and N:M 2:4
-SynFlow masks. Latency: onnxruntime, CPU, batch 1, median of repeated runs, of each variant
+graph); channel SynFlow and random channels at 50% of each group's channels (local scope: one
+architecture, so the same MACs, as Torch-Pruning's L1 would give at 50% local); Torch-Pruning's
+L1 magnitude importance with global ranking at 50%; channel SynFlow and random channel pruning
+(global) at the same MACs as that L1 model (density found by bisection); and N:M 2:4 SynFlow
+masks. Latency: onnxruntime, CPU, batch 1, median of repeated runs, of each variant
 exported with the legacy exporter; GPU figures are measured only where CUDA is present.
+
+`--accuracy EPOCHS` adds a second table: the same channel variants of 10-class models pruned at
+initialisation at 32x32, then trained from scratch for EPOCHS epochs on scikit-learn's bundled
+digits (8x8 images upscaled to 32x32, grey repeated over 3 channels; 80/20 split, fixed seed; no
+download) and tested on the held-out fifth.
 """
 
 from __future__ import annotations
@@ -98,11 +103,82 @@ def nm_figures(name, base, x, iterations) -> dict:
             else "measure with to_sparse_semi_structured on fp16 linear layers"}  # fmt: skip
 
 
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = torch.nn.functional.interpolate(images, size=32, mode="bilinear").repeat(1, 3, 1, 1)
+    labels = torch.tensor(data.target)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(labels))
+    train, test = order[:cut], order[cut:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def trained_accuracy(module, data, epochs: int) -> float:
+    x_train, y_train, x_test, y_test = data
+    torch.manual_seed(0)
+    optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
+    module.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y_train)).split(64):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(module(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimiser.step()
+    module.eval()
+    with torch.no_grad():
+        predicted = torch.cat([module(chunk).argmax(1) for chunk in x_test.split(256)])
+    return float((predicted == y_test).float().mean())
+
+
+def channel_variants(base, x, iterations):
+    """(name, model) of the channel variants compared at equal MACs."""
+    yield "channel SynFlow 50% local", synflow_channels(copy.deepcopy(base), x, 0.5, iterations,
+                                                        "local")  # fmt: skip
+    yield "channel random 50% local", synflow_channels(copy.deepcopy(base), x, 0.5, iterations,
+                                                       "local", "random")  # fmt: skip
+    l1 = tp_l1(copy.deepcopy(base), x, 0.5)
+    yield "Torch-Pruning L1, global 50%", l1
+    target = tp.utils.count_ops_and_params(l1, x)[0]
+    for method in ("synflow", "random"):
+        model, _, density = matched(
+            lambda m, d, method=method: synflow_channels(m, x, d, iterations, "global", method),
+            base, x, target, iterations,
+        )  # fmt: skip
+        yield f"channel {method}, global, L1's MACs (d={density:.3f})", model
+
+
+def accuracy_rows(names, iterations, epochs) -> list[dict]:
+    data = digits()
+    x = torch.ones(1, 3, 32, 32)
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        base = getattr(torchvision.models, name)(num_classes=10).eval()
+        variants = [("dense", copy.deepcopy(base)), *channel_variants(base, x, iterations)]
+        for variant, model in variants:
+            macs, params = tp.utils.count_ops_and_params(model, x)
+            rows.append(
+                {
+                    "model": name,
+                    "variant": variant,
+                    "params_m": params / 1e6,
+                    "gmacs": macs / 1e9,
+                    "accuracy": trained_accuracy(model, data, epochs),
+                }
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--accuracy", type=int, default=0, metavar="EPOCHS",
+                        help="also train on the bundled digits for EPOCHS epochs")  # fmt: skip
     args = parser.parse_args()
     x = torch.ones(1, 3, args.size, args.size)
     rows, nm_rows = [], []
@@ -114,19 +190,8 @@ def main() -> None:
         config = PruneConfig(sparsity=0.5, iterations=args.iterations, input_shape=tuple(x.shape))
         apply_masks(loaded, prune(loaded, config))
         rows.append(row(name, "unstructured SynFlow 50%", loaded.module, x))
-        local = synflow_channels(copy.deepcopy(base), x, 0.5, args.iterations, "local")
-        rows.append(row(name, "channel SynFlow 50% (= L1 / random 50% local)", local, x))
-        l1 = tp_l1(copy.deepcopy(base), x, 0.5)
-        rows.append(row(name, "Torch-Pruning L1, global 50%", l1, x))
-        target = tp.utils.count_ops_and_params(l1, x)[0]
-        for method in ("synflow", "random"):
-            model, _, density = matched(
-                lambda m, d, method=method: synflow_channels(m, x, d, args.iterations, "global",
-                                                             method),
-                base, x, target, args.iterations,
-            )  # fmt: skip
-            rows.append(row(name, f"channel {method}, global, L1's MACs (d={density:.3f})",
-                            model, x))  # fmt: skip
+        for variant, model in channel_variants(base, x, args.iterations):
+            rows.append(row(name, variant, model, x))
         nm_rows.append(nm_figures(name, base, x, args.iterations))
     print(f"input 1x3x{args.size}x{args.size}, {args.iterations} rounds, onnxruntime CPU batch 1 "
           f"(median of {latency.REPEATS}), torch {torch.__version__}")  # fmt: skip
@@ -134,7 +199,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         gpu = f"{r['cuda_ms']:.2f}" if r["cuda_ms"] is not None else "not measured"
-        print(f"| {r['model']} | {r['variant']} | {r['params_m']:.2f} | {r['gmacs']:.3f} | "
+        print(f"| {r['model']} | {r['variant']} | {r['params_m']:.2f} | {r['gmacs']:.4f} | "
               f"{r['ort_ms']:.2f} | {gpu} |")  # fmt: skip
     print()
     print("| model | 2:4 grouped layers | dense layers | density of grouped | onnxruntime ms | "

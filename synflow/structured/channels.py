@@ -203,8 +203,9 @@ def prune_channels(
             "layer feeds the model's output directly, or is excluded); use granularity "
             "unstructured or N:M"
         )
-    initial = {g[0].dep.target.module: len(g[0].idxs) for g in groups}
-    total0 = sum(initial.values())
+    # C0 of a group: its root layer's channels before the first round (rounds may pick another
+    # layer of a group as its root, so this is kept per layer, not per group)
+    total0 = sum(original[g[0].dep.target.module] for g in groups)
     history: list[float] = []
     for t in range(1, iterations + 1):
         if should_cancel is not None and should_cancel():
@@ -218,9 +219,7 @@ def prune_channels(
             plan = _to_prune_global(imps, keep_total)
         else:
             plan = [
-                _to_prune_local(imp, max(1, initial[g[0].dep.target.module] - math.floor(
-                    (1.0 - d_t) * initial[g[0].dep.target.module]
-                )))
+                _to_prune_local(imp, _kept_channels(original[g[0].dep.target.module], d_t))
                 for g, imp in zip(groups, imps, strict=True)
             ]  # fmt: skip
         for g, idxs in zip(groups, plan, strict=True):
@@ -237,10 +236,15 @@ def prune_channels(
         alive_in={names[m]: v for m, v in alive_in.items()},
         channels={names[m]: (original[m], _out_channels(m)) for m in layers},
         groups=len(roots),
-        floor_layers=[names[m] for m in roots if _out_channels(m) == 1 and initial[m] > 1],
+        floor_layers=[names[m] for m in roots if _out_channels(m) == 1 and original[m] > 1],
         fixed_layers=[names[m] for m in fixed],
         history=history,
     )
+
+
+def _kept_channels(c0: int, density: float) -> int:
+    """Channels a group of `c0` keeps at `density`: the engine's floor rule, and at least one."""
+    return max(1, c0 - math.floor((1.0 - density) * c0))
 
 
 def _prune_group(graph, group, idxs: list[int], alive_out, alive_in) -> None:

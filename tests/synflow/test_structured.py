@@ -151,7 +151,10 @@ def test_coupled_groups_prune_together():
     concat = torch.cat([out["left"], out["right"] + 8])
     assert torch.equal(out["dw"], concat) and module.dw.groups == concat.numel()
     assert torch.equal(inp["pw"], concat)
-    assert (out["left"].numel(), out["right"].numel()) == (4, 6)
+    # the depthwise layer couples both concat branches into one group of 20: half of it stays,
+    # split between the branches by score
+    assert out["left"].numel() + out["right"].numel() == 10
+    assert min(out["left"].numel(), out["right"].numel()) >= 1
     assert torch.equal(inp["fc"], out["pw"]) and module.fc.out_features == 5
     assert run.fixed_layers == ["fc"]
 
