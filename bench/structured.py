@@ -210,6 +210,14 @@ def main() -> None:
             f"| {r['model']} | {r['grouped_layers']} | {r['dense_layers']} | "
             f"{r['grouped_density']:.3f} | {r['ort_ms']:.2f} | {r['gpu_2to4_speedup']} |"
         )
+    if args.accuracy:
+        print()
+        print(f"digits accuracy after {args.accuracy} epochs from the pruned initialisation, 32x32")
+        print("| model | variant | params (M) | GMACs | test accuracy |")
+        print("|---|---|---|---|---|")
+        for r in accuracy_rows(args.models.split(","), args.iterations, args.accuracy):
+            print(f"| {r['model']} | {r['variant']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | "
+                  f"{r['accuracy']:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
