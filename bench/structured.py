@@ -39,7 +39,7 @@ from synflow.structured.scoring import RegistryScores
 MODELS = ("resnet18", "mobilenet_v3_small", "vgg11_bn")
 #: relative MAC difference accepted when matching another model's MACs
 MAC_TOLERANCE = 0.02
-BISECTION_STEPS = 8
+BISECTION_STEPS = 6
 
 
 def onnx_ms(module: torch.nn.Module, x: torch.Tensor) -> float:
@@ -172,6 +172,12 @@ def accuracy_rows(names, iterations, epochs) -> list[dict]:
     return rows
 
 
+def print_row(r: dict) -> None:
+    gpu = f"{r['cuda_ms']:.2f}" if r["cuda_ms"] is not None else "not measured"
+    print(f"| {r['model']} | {r['variant']} | {r['params_m']:.2f} | {r['gmacs']:.4f} | "
+          f"{r['ort_ms']:.2f} | {gpu} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
@@ -181,26 +187,22 @@ def main() -> None:
                         help="also train on the bundled digits for EPOCHS epochs")  # fmt: skip
     args = parser.parse_args()
     x = torch.ones(1, 3, args.size, args.size)
-    rows, nm_rows = [], []
-    for name in args.models.split(","):
-        torch.manual_seed(0)
-        base = getattr(torchvision.models, name)().eval()
-        rows.append(row(name, "dense", base, x))
-        loaded = LoadedModel(format="torchscript", module=copy.deepcopy(base), source=Path())
-        config = PruneConfig(sparsity=0.5, iterations=args.iterations, input_shape=tuple(x.shape))
-        apply_masks(loaded, prune(loaded, config))
-        rows.append(row(name, "unstructured SynFlow 50%", loaded.module, x))
-        for variant, model in channel_variants(base, x, args.iterations):
-            rows.append(row(name, variant, model, x))
-        nm_rows.append(nm_figures(name, base, x, args.iterations))
     print(f"input 1x3x{args.size}x{args.size}, {args.iterations} rounds, onnxruntime CPU batch 1 "
           f"(median of {latency.REPEATS}), torch {torch.__version__}")  # fmt: skip
     print("| model | variant | params (M) | GMACs | onnxruntime ms | GPU ms |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        gpu = f"{r['cuda_ms']:.2f}" if r["cuda_ms"] is not None else "not measured"
-        print(f"| {r['model']} | {r['variant']} | {r['params_m']:.2f} | {r['gmacs']:.4f} | "
-              f"{r['ort_ms']:.2f} | {gpu} |")  # fmt: skip
+    print("|---|---|---|---|---|---|", flush=True)
+    nm_rows = []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        base = getattr(torchvision.models, name)().eval()
+        print_row(row(name, "dense", base, x))
+        loaded = LoadedModel(format="torchscript", module=copy.deepcopy(base), source=Path())
+        config = PruneConfig(sparsity=0.5, iterations=args.iterations, input_shape=tuple(x.shape))
+        apply_masks(loaded, prune(loaded, config))
+        print_row(row(name, "unstructured SynFlow 50%", loaded.module, x))
+        for variant, model in channel_variants(base, x, args.iterations):
+            print_row(row(name, variant, model, x))
+        nm_rows.append(nm_figures(name, base, x, args.iterations))
     print()
     print("| model | 2:4 grouped layers | dense layers | density of grouped | onnxruntime ms | "
           "GPU 2:4 speedup |")  # fmt: skip
