@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from synflow import boundedjson
+from synflow.granularity import CHANNEL_ITERATIONS, UNSTRUCTURED, Granularity, parse_granularity
 from synflow.inputs import (
     MAX_INPUT_ELEMENTS,
     InputSpec,
@@ -71,6 +72,12 @@ class PruneConfig(BaseModel):
         (), description="parameter-name glob patterns kept dense, e.g. 'fc.*'"
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed for the random scorer")
+    granularity: str = Field(
+        UNSTRUCTURED,
+        description="unstructured (single weights), channel (whole channels: a physically "
+        "smaller model), or N:M such as 2:4 (N kept in every M consecutive input weights; the "
+        "target is then N/M)",
+    )
 
     @field_validator("input_shape", mode="before")
     @classmethod
@@ -88,6 +95,11 @@ class PruneConfig(BaseModel):
         scorer_spec(value)  # raises a ValueError naming the known methods
         return value
 
+    @field_validator("granularity")
+    @classmethod
+    def _granularity(cls, value: str) -> str:
+        return parse_granularity(value).name  # raises a ValueError saying what is accepted
+
     @field_validator("exclude", mode="before")
     @classmethod
     def _exclude(cls, value: Any) -> Any:
@@ -100,7 +112,9 @@ class PruneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
-        if (self.sparsity is None) == (self.compression is None):
+        if self.grain.n_m is not None:
+            self.grain.check_target(self.sparsity, self.compression)
+        elif (self.sparsity is None) == (self.compression is None):
             raise ValueError(
                 "give exactly one of sparsity (in [0, 1)) and compression (>= 1), not "
                 + ("both" if self.sparsity is not None else "neither")
@@ -124,23 +138,44 @@ class PruneConfig(BaseModel):
         return None
 
     @property
+    def grain(self) -> Granularity:
+        """The parsed `granularity`."""
+        return parse_granularity(self.granularity)
+
+    @property
     def density(self) -> float:
-        """Fraction of prunable weights kept at the end."""
+        """Fraction of prunable weights kept at the end (channel granularity: of each layer's
+        channels; N:M: N/M)."""
+        nm = self.grain.n_m
+        if nm is not None:
+            return nm[0] / nm[1]
         if self.sparsity is not None:
             return 1.0 - self.sparsity
         assert self.compression is not None
         return 1.0 / self.compression
 
     @property
+    def resolved_scope(self) -> str:
+        """`scope` as run: channel granularity ranks each group alone unless `scope` was given
+        (global channel ranking empties late layers first and saves fewer MACs)."""
+        if self.grain.name == "channel" and "scope" not in self.model_fields_set:
+            return "local"
+        return self.scope
+
+    @property
     def resolved_iterations(self) -> int:
         if self.iterations is not None:
             return self.iterations
-        return scorer_spec(self.method).default_iterations
+        default = scorer_spec(self.method).default_iterations
+        if self.grain.name == "channel":
+            return min(default, CHANNEL_ITERATIONS)
+        return default
 
     def normalized(self) -> dict[str, Any]:
         """The request with every default filled in, as stored in job records and reports."""
         data = self.model_dump(mode="json")
         data["iterations"] = self.resolved_iterations
+        data["scope"] = self.resolved_scope
         data["density"] = self.density
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
         data["inputs"] = [format_input_spec(s) for s in self.inputs] if self.inputs else None

@@ -16,7 +16,7 @@ import torch
 from synflow.config import PruneConfig
 from synflow.device import check_device
 from synflow.discovery import DenseParameter
-from synflow.errors import InvalidInputShapeError, PruningCanceled
+from synflow.errors import InvalidInputShapeError, NoPrunableParametersError, PruningCanceled
 from synflow.feed import forward_failure, model_dtype, ones_inputs, resolve_inputs, runs_on
 from synflow.inputs import InputSpec
 from synflow.masks import Masks
@@ -25,6 +25,7 @@ from synflow.schedule import density_at
 from synflow.scorers.base import Scorer, ScoringContext
 from synflow.scorers.registry import scorer_spec
 from synflow.selection import select_inplace
+from synflow.structured.nm import pruned_per_group, select_nm, skip_reason
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class PruneResult:
     #: every parameter left dense, with the reason
     dense: list[DenseParameter] = field(default_factory=list)
     discovery: str = ""  # how the prunable parameters were found ("ops", "layer type", ...)
+    #: N:M granularity: key -> why that prunable tensor stayed dense (no groups of M)
+    nm_skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -133,12 +136,18 @@ def prune(
         )
         iterations = config.resolved_iterations
         masks = Masks.dense_flat(params)
+        nm = config.grain.n_m
+        nm_keys, nm_skipped = nm_split(tensors, params, nm) if nm else ([], {})
         with spec.load()(ctx) as scorer:
             for t in range(1, iterations + 1):
                 if should_cancel is not None and should_cancel():
                     raise PruningCanceled(f"canceled before round {t} of {iterations}")
-                density = density_at(config.density, t, iterations, config.schedule)
-                masks = _next_masks(scorer, masks, density, config.scope)
+                if nm is None:
+                    density = density_at(config.density, t, iterations, config.schedule)
+                    masks = _next_masks(scorer, masks, density, config.scope)
+                else:
+                    prune = pruned_per_group(*nm, t, iterations, config.schedule)
+                    masks = select_nm(scorer.score(masks), masks, nm_keys, nm[1], prune)
                 history.append(masks.density)
                 if progress is not None:
                     progress(Progress(t, iterations, history[-1]))
@@ -165,7 +174,26 @@ def prune(
         linearised_ops=linearised,
         dense=found.dense,
         discovery=found.method,
+        nm_skipped=nm_skipped,
     )
+
+
+def nm_split(
+    tensors: list[PrunableTensor], params: dict[str, torch.Tensor], nm: tuple[int, int]
+) -> tuple[list[str], dict[str, str]]:
+    """The keys that take N:M masks, and why the others stay dense; none at all is an error."""
+    skipped = {}
+    for t in tensors:
+        reason = skip_reason(t, params[t.key].shape, nm[1])
+        if reason is not None:
+            skipped[t.key] = reason
+    keys = [t.key for t in tensors if t.key not in skipped]
+    if not keys:
+        raise NoPrunableParametersError(
+            f"granularity {nm[0]}:{nm[1]} needs weights whose input dimension is a multiple of "
+            f"{nm[1]}; none of this model's is ({next(iter(skipped.values()), 'no weights')})"
+        )
+    return keys, skipped
 
 
 def _next_masks(scorer: Scorer, masks: Masks, density: float, scope: str) -> Masks:

@@ -26,6 +26,7 @@ from synflow.device import check_device
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
+from synflow.granularity import CHANNEL
 from synflow.io.atomic import first_missing, write_atomically
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
@@ -90,6 +91,13 @@ def _prune_into(
     check_device(device)  # before the load: a missing GPU is known without reading the model
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_path, limits, workdir=out)
+    if config.grain.name == CHANNEL:
+        from synflow.structured.run import prune_channels_into
+
+        return prune_channels_into(
+            model, config, out, device=device, precision=precision, progress=progress,
+            should_cancel=should_cancel, started=started,
+        )  # fmt: skip
     result = prune(
         model,
         config,

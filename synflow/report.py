@@ -10,6 +10,7 @@ from synflow.engine import PruneResult
 from synflow.feed import integer_inputs
 from synflow.inputs import format_input_spec, format_input_specs
 from synflow.model import LoadedModel
+from synflow.structured.nm import nm_summary
 
 FLOP_NOTE = "FLOPs = 2 x multiply-accumulates of the layers holding prunable weights"
 
@@ -92,7 +93,7 @@ def build_report(
             warnings.append(
                 f"{fed} (every token id or index 1); their scores reflect that one value"
             )
-    return {
+    report = {
         "synflow_version": __version__,
         "format": model.format,
         "config": result.config.normalized(),
@@ -132,3 +133,7 @@ def build_report(
         "timing": {"prune_seconds": result.seconds, "wall_seconds": wall_seconds},
         "artifacts": artifacts,
     }
+    nm = result.config.grain.n_m
+    if nm is not None:
+        report["structured"] = nm_summary(result.tensors, result.masks, result.nm_skipped, nm)
+    return report

@@ -19,6 +19,9 @@ The callables an entry names:
 - writer `(LoadedModel, out_dir) -> list[str]`: writes the pruned model into `out_dir`, each file
   under a temporary name renamed into place, and returns the names it wrote (the first is
   `model_file`; others only where the layout needs them, e.g. ONNX external data).
+- channel writer `(LoadedModel, out_dir, example inputs) -> list[str]`, optional: writes the
+  physically smaller model that channel pruning made of `model.module` (`granularity=channel`);
+  a format without one refuses channel pruning with `channel_refusal`.
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ class FormatSpec:
     #: the file declares its inputs' shapes (ONNX graph inputs); otherwise the request must
     states_inputs: bool = False
     description: str = ""
+    #: "module:function" writing the channel-pruned (smaller) model; None: channel pruning of
+    #: this format is refused with `channel_refusal`
+    channel_writer: str | None = None
+    channel_refusal: str = ""
 
     @property
     def suffix(self) -> str:
@@ -77,6 +84,19 @@ class FormatSpec:
     def write(self, model: LoadedModel, out_dir: Path) -> list[str]:
         return list(_resolve(self.writer)(model, out_dir))
 
+    def write_channels(self, model: LoadedModel, out_dir: Path, inputs: tuple) -> list[str]:
+        if self.channel_writer is None:
+            raise InvalidModelError(self.channel_refusal)
+        return list(_resolve(self.channel_writer)(model, out_dir, inputs))
+
+
+#: Why channel pruning is refused for a format, and what to upload instead.
+_CHANNEL_REFUSAL = (
+    "granularity=channel returns a physically smaller model in the uploaded format, which is "
+    "supported for ONNX files written by the legacy exporter; {what}. Export the model with "
+    "torch.onnx.export(model, args, 'model.onnx', dynamo=False) and upload that, or use "
+    "granularity unstructured or N:M (e.g. 2:4) for this file"
+)
 
 FORMATS: dict[str, FormatSpec] = {
     spec.name: spec
@@ -89,6 +109,7 @@ FORMATS: dict[str, FormatSpec] = {
             writer="synflow.io.torchscript:write_torchscript",
             model_file="model.pt",
             description="TorchScript archive (torch.jit.save); loading runs its code",
+            channel_refusal=_CHANNEL_REFUSAL.format(what="a TorchScript module hides its layers"),
         ),
         FormatSpec(
             name=PT2,
@@ -99,6 +120,9 @@ FORMATS: dict[str, FormatSpec] = {
             model_file="model.pt2",
             states_inputs=True,
             description="torch.export program (torch.export.save); read without unpickling",
+            channel_refusal=_CHANNEL_REFUSAL.format(
+                what="a torch.export program holds aten calls, not layers"
+            ),
         ),
         FormatSpec(
             name=ONNX,
@@ -110,6 +134,7 @@ FORMATS: dict[str, FormatSpec] = {
             extra_files=("model.onnx.data",),
             states_inputs=True,
             description="ONNX model; on the command line its external data files beside it",
+            channel_writer="synflow.structured.export:write_onnx_channels",
         ),
         FormatSpec(
             name=ONNX_BUNDLE,
@@ -120,6 +145,9 @@ FORMATS: dict[str, FormatSpec] = {
             model_file="model.zip",
             states_inputs=True,
             description="zip of one .onnx and its external data files",
+            channel_refusal=_CHANNEL_REFUSAL.format(
+                what="ONNX bundles (external data) are not restructured yet"
+            ),
         ),
     )
 }

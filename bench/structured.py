@@ -1,0 +1,233 @@
+"""Structured pruning side by side: params, GMACs and measured latency per model and variant.
+
+    python bench/structured.py [--size 224] [--iterations 10] [--models resnet18,...]
+
+Rows per model (random init, torchvision): dense; unstructured SynFlow at 50% (zeros in a dense
+graph); channel SynFlow and random channels at 50% of each group's channels (local scope: one
+architecture, so the same MACs, as Torch-Pruning's L1 would give at 50% local); Torch-Pruning's
+L1 magnitude importance with global ranking at 50%; channel SynFlow and random channel pruning
+(global) at the same MACs as that L1 model (density found by bisection); and N:M 2:4 SynFlow
+masks. Latency: onnxruntime, CPU, batch 1, median of repeated runs, of each variant
+exported with the legacy exporter; GPU figures are measured only where CUDA is present.
+
+`--accuracy EPOCHS` adds a second table: the same channel variants of 10-class models pruned at
+initialisation at 32x32, then trained from scratch for EPOCHS epochs on scikit-learn's bundled
+digits (8x8 images upscaled to 32x32, grey repeated over 3 channels; 80/20 split, fixed seed; no
+download) and tested on the held-out fifth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+import torchvision
+
+from synflow.config import PruneConfig
+from synflow.engine import apply_masks, prune
+from synflow.inputs import InputSpec
+from synflow.model import LoadedModel
+from synflow.structured import latency
+from synflow.structured.channels import output_layers, prune_channels
+from synflow.structured.scoring import RegistryScores
+
+MODELS = ("resnet18", "mobilenet_v3_small", "vgg11_bn")
+#: relative MAC difference accepted when matching another model's MACs
+MAC_TOLERANCE = 0.02
+BISECTION_STEPS = 6
+
+
+def onnx_ms(module: torch.nn.Module, x: torch.Tensor) -> float | None:
+    """onnxruntime latency; None where the legacy exporter refuses the model at this size (VGG's
+    adaptive pooling below 224x224)."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = str(Path(tmp) / "m.onnx")
+        try:
+            torch.onnx.export(module, (x,), path, dynamo=False, input_names=["x"])
+        except torch.onnx.errors.OnnxExporterError:
+            return None
+        return latency.onnxruntime_ms(path, (x,))
+
+
+def row(name: str, variant: str, module: torch.nn.Module, x: torch.Tensor) -> dict:
+    macs, params = tp.utils.count_ops_and_params(module, x)
+    return {"model": name, "variant": variant, "params_m": params / 1e6, "gmacs": macs / 1e9,
+            "ort_ms": onnx_ms(module, x), "torch_ms": latency.torch_ms(module, (x,)),
+            "cuda_ms": latency.cuda_ms(module, (x,))}  # fmt: skip
+
+
+def synflow_channels(module, x, density, iterations, scope, method="synflow"):
+    scores = RegistryScores(method, "torchscript", (InputSpec(tuple(x.shape)),),
+                            device=torch.device("cpu"), precision="auto", seed=0)  # fmt: skip
+    prune_channels(module, x, scores, density=density, iterations=iterations, scope=scope)
+    return module
+
+
+def tp_l1(module, x, ratio):
+    pruner = tp.pruner.MetaPruner(
+        module, x, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=True,
+        pruning_ratio=ratio, ignored_layers=output_layers(tp.DependencyGraph().build_dependency(
+            module, example_inputs=x)),
+    )  # fmt: skip
+    pruner.step()
+    return module
+
+
+def matched(make, base, x, target_macs, iterations):
+    """`make(copy, density)` at the density whose MACs come closest to `target_macs`."""
+    lo, hi, best = 0.05, 1.0, None
+    for _ in range(BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        model = make(copy.deepcopy(base), mid)
+        macs = tp.utils.count_ops_and_params(model, x)[0]
+        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
+            best = (model, macs, mid)
+        if abs(macs - target_macs) <= MAC_TOLERANCE * target_macs:
+            break
+        lo, hi = (mid, hi) if macs < target_macs else (lo, mid)
+    return best
+
+
+def nm_figures(name, base, x, iterations) -> dict:
+    model = copy.deepcopy(base)
+    loaded = LoadedModel(format="torchscript", module=model, source=Path())
+    config = PruneConfig(granularity="2:4", iterations=iterations, input_shape=tuple(x.shape))
+    result = prune(loaded, config)
+    apply_masks(loaded, result)
+    grouped = [t.key for t in result.tensors if t.key not in result.nm_skipped]
+    total = sum(result.masks[k].numel() for k in grouped)
+    kept = sum(int(result.masks[k].sum()) for k in grouped)
+    return {"model": name, "grouped_layers": len(grouped), "dense_layers": len(result.nm_skipped),
+            "grouped_density": kept / total, "torch_ms": latency.torch_ms(model, (x,)),
+            "gpu_2to4_speedup": "not measured (no CUDA device)" if not torch.cuda.is_available()
+            else "measure with to_sparse_semi_structured on fp16 linear layers"}  # fmt: skip
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = torch.nn.functional.interpolate(images, size=32, mode="bilinear").repeat(1, 3, 1, 1)
+    labels = torch.tensor(data.target)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(labels))
+    train, test = order[:cut], order[cut:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def trained_accuracy(module, data, epochs: int) -> float:
+    x_train, y_train, x_test, y_test = data
+    torch.manual_seed(0)
+    optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
+    module.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y_train)).split(64):
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(module(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimiser.step()
+    module.eval()
+    with torch.no_grad():
+        predicted = torch.cat([module(chunk).argmax(1) for chunk in x_test.split(256)])
+    return float((predicted == y_test).float().mean())
+
+
+def channel_variants(base, x, iterations):
+    """(name, model) of the channel variants compared at equal MACs."""
+    yield "channel SynFlow 50% local", synflow_channels(copy.deepcopy(base), x, 0.5, iterations,
+                                                        "local")  # fmt: skip
+    yield "channel random 50% local", synflow_channels(copy.deepcopy(base), x, 0.5, iterations,
+                                                       "local", "random")  # fmt: skip
+    l1 = tp_l1(copy.deepcopy(base), x, 0.5)
+    yield "Torch-Pruning L1, global 50%", l1
+    target = tp.utils.count_ops_and_params(l1, x)[0]
+    for method in ("synflow", "random"):
+        model, _, density = matched(
+            lambda m, d, method=method: synflow_channels(m, x, d, iterations, "global", method),
+            base, x, target, iterations,
+        )  # fmt: skip
+        yield f"channel {method}, global, L1's MACs (d={density:.3f})", model
+
+
+def accuracy_rows(names, iterations, epochs) -> list[dict]:
+    data = digits()
+    x = torch.ones(1, 3, 32, 32)
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        base = getattr(torchvision.models, name)(num_classes=10).eval()
+        variants = [("dense", copy.deepcopy(base)), *channel_variants(base, x, iterations)]
+        for variant, model in variants:
+            macs, params = tp.utils.count_ops_and_params(model, x)
+            rows.append(
+                {
+                    "model": name,
+                    "variant": variant,
+                    "params_m": params / 1e6,
+                    "gmacs": macs / 1e9,
+                    "accuracy": trained_accuracy(model, data, epochs),
+                }
+            )
+    return rows
+
+
+def print_row(r: dict) -> None:
+    gpu = f"{r['cuda_ms']:.2f}" if r["cuda_ms"] is not None else "not measured"
+    ort = f"{r['ort_ms']:.2f}" if r["ort_ms"] is not None else "not exportable"
+    print(f"| {r['model']} | {r['variant']} | {r['params_m']:.2f} | {r['gmacs']:.4f} | "
+          f"{ort} | {r['torch_ms']:.2f} | {gpu} |", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--accuracy", type=int, default=0, metavar="EPOCHS",
+                        help="also train on the bundled digits for EPOCHS epochs")  # fmt: skip
+    args = parser.parse_args()
+    x = torch.ones(1, 3, args.size, args.size)
+    print(f"input 1x3x{args.size}x{args.size}, {args.iterations} rounds, onnxruntime CPU batch 1 "
+          f"(median of {latency.REPEATS}), torch {torch.__version__}")  # fmt: skip
+    print("| model | variant | params (M) | GMACs | onnxruntime ms | torch ms | GPU ms |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    nm_rows = []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        base = getattr(torchvision.models, name)().eval()
+        print_row(row(name, "dense", base, x))
+        loaded = LoadedModel(format="torchscript", module=copy.deepcopy(base), source=Path())
+        config = PruneConfig(sparsity=0.5, iterations=args.iterations, input_shape=tuple(x.shape))
+        apply_masks(loaded, prune(loaded, config))
+        print_row(row(name, "unstructured SynFlow 50%", loaded.module, x))
+        for variant, model in channel_variants(base, x, args.iterations):
+            print_row(row(name, variant, model, x))
+        nm_rows.append(nm_figures(name, base, x, args.iterations))
+    print()
+    print("| model | 2:4 grouped layers | dense layers | density of grouped | torch ms | "
+          "GPU 2:4 speedup |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for r in nm_rows:
+        print(
+            f"| {r['model']} | {r['grouped_layers']} | {r['dense_layers']} | "
+            f"{r['grouped_density']:.3f} | {r['torch_ms']:.2f} | {r['gpu_2to4_speedup']} |"
+        )
+    if args.accuracy:
+        print()
+        print(f"digits accuracy after {args.accuracy} epochs from the pruned initialisation, 32x32")
+        print("| model | variant | params (M) | GMACs | test accuracy |")
+        print("|---|---|---|---|---|")
+        for r in accuracy_rows(args.models.split(","), args.iterations, args.accuracy):
+            print(f"| {r['model']} | {r['variant']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | "
+                  f"{r['accuracy']:.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
