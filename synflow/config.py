@@ -56,7 +56,7 @@ class PruneConfig(BaseModel):
         None,
         ge=1,
         le=MAX_ITERATIONS,
-        description="pruning rounds (default 100 for synflow, 1 otherwise)",
+        description="pruning rounds (default 100 for synflow and synflow-l2, 1 otherwise)",
     )
     schedule: Schedule = Field("exponential", description="density schedule over the rounds")
     scope: Scope = Field("global", description="rank all weights together or each tensor alone")

@@ -13,17 +13,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from synflow.calibration import Calibration, calibration_inputs
 from synflow.config import PruneConfig
 from synflow.device import check_device
 from synflow.discovery import DenseParameter
-from synflow.errors import InvalidInputShapeError, PruningCanceled
+from synflow.errors import CalibrationError, InvalidInputShapeError, PruningCanceled
 from synflow.feed import forward_failure, model_dtype, ones_inputs, resolve_inputs, runs_on
 from synflow.inputs import InputSpec
 from synflow.masks import Masks
 from synflow.model import Discovery, LoadedModel, PrunableTensor
 from synflow.schedule import density_at
 from synflow.scorers.base import Scorer, ScoringContext
-from synflow.scorers.registry import scorer_spec
+from synflow.scorers.registry import ScorerSpec, scorer_spec
 from synflow.selection import select_inplace
 
 
@@ -99,13 +100,19 @@ def prune(
     precision: str = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    calibration: Calibration | None = None,
 ) -> PruneResult:
-    """Compute masks for `model` as `config` asks. The module is left as it was given."""
+    """Compute masks for `model` as `config` asks. The module is left as it was given.
+
+    `calibration` feeds the data-driven methods (`ScorerSpec.needs_data`) and only them."""
     started = time.perf_counter()
     device = check_device(device)
     inputs = resolve_inputs(model, config)
     spec = scorer_spec(config.method)
-    if inputs is None and spec.name == "synflow":
+    check_calibration_use(spec, calibration)
+    if calibration is not None:
+        inputs = calibration_inputs(calibration, inputs)
+    if inputs is None and spec.needs_inputs:
         raise InvalidInputShapeError(
             "input_shape is required for this model (e.g. 1,3,224,224), or one input spec per "
             "forward argument (e.g. --input int64:1,128): the file does not state its inputs"
@@ -130,6 +137,8 @@ def prune(
             device=device,
             generator=torch.Generator().manual_seed(config.seed),
             precision=precision,
+            density=config.density,
+            calibration=calibration,
         )
         iterations = config.resolved_iterations
         masks = Masks.dense_flat(params)
@@ -166,6 +175,21 @@ def prune(
         dense=found.dense,
         discovery=found.method,
     )
+
+
+def check_calibration_use(spec: ScorerSpec, calibration: object | None) -> None:
+    """A data-driven method needs calibration data; a data-free one refuses it (so that nobody
+    believes data shaped masks it never saw)."""
+    if spec.needs_data and calibration is None:
+        raise CalibrationError(
+            f"method {spec.name} scores weights on data: give a calibration file (safetensors "
+            "with `inputs` and `labels`; CLI --calibration FILE, HTTP part `calibration`)"
+        )
+    if spec.data_free and calibration is not None:
+        raise CalibrationError(
+            f"method {spec.name} is data-free and would ignore the calibration file: leave it "
+            "out, or choose a data-driven method (snip, grasp)"
+        )
 
 
 def _next_masks(scorer: Scorer, masks: Masks, density: float, scope: str) -> Masks:
