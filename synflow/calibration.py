@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from synflow.errors import CalibrationError
-from synflow.inputs import InputSpec, format_input_spec
-from synflow.io.calibration import INPUTS, LABELS, inspect_calibration
+from synflow.inputs import InputSpec
+from synflow.io.calibration import INPUTS, LABELS, CalibrationInfo, inspect_calibration
 from synflow.io.limits import CalibrationLimits
 
 
@@ -25,39 +25,20 @@ class Calibration:
     labels: torch.Tensor | None = None  # one class index per sample
 
     @property
-    def spec(self) -> InputSpec:
-        """The input spec of one sample (batch 1), as the engine's specs are written."""
+    def info(self) -> CalibrationInfo:
         dtype = str(self.inputs.dtype).removeprefix("torch.")
-        return InputSpec((1, *self.inputs.shape[1:]), dtype)
+        shape = tuple(self.inputs.shape)
+        return CalibrationInfo(shape[0], shape, dtype, self.labels is not None)
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.info.spec
 
 
 def load_calibration(path: str | Path, limits: CalibrationLimits | None = None) -> Calibration:
     inspect_calibration(path, limits)
     tensors = load_file(str(path))
     return Calibration(tensors[INPUTS], tensors.get(LABELS))
-
-
-def calibration_inputs(
-    calibration: Calibration, specs: tuple[InputSpec, ...] | None
-) -> tuple[InputSpec, ...]:
-    """The run's input specs given the calibration batch: the batch's own when the request and
-    the file say nothing, else the request's, which the batch must match (all but the batch)."""
-    own = calibration.spec
-    if specs is None:
-        return (own,)
-    if len(specs) != 1:
-        raise CalibrationError(
-            f"the model takes {len(specs)} inputs; calibration data feeds models of one input"
-        )
-    (spec,) = specs
-    if spec.is_floating != own.is_floating or spec.shape[1:] != own.shape[1:]:
-        raise CalibrationError(
-            f"the calibration inputs are {format_input_spec(own)} per sample, but the model "
-            f"takes {format_input_spec(spec)}: give inputs of shape [N, "
-            f"{', '.join(map(str, spec.shape[1:]))}] and "
-            f"{'a floating' if spec.is_floating else 'an integer'} dtype"
-        )
-    return specs
 
 
 def check_labels(calibration: Calibration, output: torch.Tensor, method: str) -> torch.Tensor:

@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from synflow.calibration import Calibration, calibration_inputs
+from synflow.calibration import Calibration
 from synflow.config import PruneConfig
 from synflow.device import check_device
 from synflow.discovery import DenseParameter
-from synflow.errors import CalibrationError, InvalidInputShapeError, PruningCanceled
+from synflow.errors import InvalidInputShapeError, PruningCanceled
 from synflow.feed import forward_failure, model_dtype, ones_inputs, resolve_inputs, runs_on
 from synflow.inputs import InputSpec
+from synflow.io.calibration import check_method_data, match_inputs
 from synflow.masks import Masks
 from synflow.model import Discovery, LoadedModel, PrunableTensor
 from synflow.schedule import density_at
 from synflow.scorers.base import Scorer, ScoringContext
-from synflow.scorers.registry import ScorerSpec, scorer_spec
+from synflow.scorers.registry import scorer_spec
 from synflow.selection import select_inplace
 
 
@@ -109,9 +110,9 @@ def prune(
     device = check_device(device)
     inputs = resolve_inputs(model, config)
     spec = scorer_spec(config.method)
-    check_calibration_use(spec, calibration)
+    check_method_data(spec, None if calibration is None else calibration.info)
     if calibration is not None:
-        inputs = calibration_inputs(calibration, inputs)
+        inputs = match_inputs(calibration.spec, inputs)
     if inputs is None and spec.needs_inputs:
         raise InvalidInputShapeError(
             "input_shape is required for this model (e.g. 1,3,224,224), or one input spec per "
@@ -175,21 +176,6 @@ def prune(
         dense=found.dense,
         discovery=found.method,
     )
-
-
-def check_calibration_use(spec: ScorerSpec, calibration: object | None) -> None:
-    """A data-driven method needs calibration data; a data-free one refuses it (so that nobody
-    believes data shaped masks it never saw)."""
-    if spec.needs_data and calibration is None:
-        raise CalibrationError(
-            f"method {spec.name} scores weights on data: give a calibration file (safetensors "
-            "with `inputs` and `labels`; CLI --calibration FILE, HTTP part `calibration`)"
-        )
-    if spec.data_free and calibration is not None:
-        raise CalibrationError(
-            f"method {spec.name} is data-free and would ignore the calibration file: leave it "
-            "out, or choose a data-driven method (snip, grasp)"
-        )
 
 
 def _next_masks(scorer: Scorer, masks: Masks, density: float, scope: str) -> Masks:

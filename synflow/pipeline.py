@@ -24,16 +24,11 @@ from safetensors.torch import save_file
 from synflow.calibration import load_calibration
 from synflow.config import PruneConfig
 from synflow.device import check_device
-from synflow.engine import (
-    CancelCheck,
-    ProgressCallback,
-    apply_masks,
-    check_calibration_use,
-    prune,
-)
+from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
 from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
 from synflow.io.atomic import write_atomically
+from synflow.io.calibration import check_method_data, inspect_calibration
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
@@ -110,10 +105,16 @@ def _prune_into(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     check_device(device)  # before the load: a missing GPU is known without reading the model
-    check_calibration_use(scorer_spec(config.method), calibration_path)
+    calibration_limits = (limits or InputLimits()).calibration
+    info = (
+        None
+        if calibration_path is None
+        else inspect_calibration(calibration_path, calibration_limits)
+    )
+    check_method_data(scorer_spec(config.method), info)  # before loading anything
     calibration = None
     if calibration_path is not None:
-        calibration = load_calibration(calibration_path, (limits or InputLimits()).calibration)
+        calibration = load_calibration(calibration_path, calibration_limits)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_path, limits, workdir=out)
     result = prune(

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synflow.errors import CalibrationError
+from synflow.inputs import InputSpec, format_input_spec
 from synflow.io.limits import CalibrationLimits
+from synflow.scorers.registry import ScorerSpec
 
 INPUTS = "inputs"
 LABELS = "labels"
@@ -37,6 +39,52 @@ class CalibrationInfo:
     input_shape: tuple[int, ...]  # batch first
     input_dtype: str  # as torch spells it
     has_labels: bool
+
+    @property
+    def spec(self) -> InputSpec:
+        """The input spec of one sample (batch 1), as the engine's specs are written."""
+        return InputSpec((1, *self.input_shape[1:]), self.input_dtype)
+
+
+def check_method_data(method: ScorerSpec, calibration: CalibrationInfo | None) -> None:
+    """A data-driven method needs calibration data with labels; a data-free one refuses it (so
+    that nobody believes data shaped masks it never saw)."""
+    if method.needs_data and calibration is None:
+        raise CalibrationError(
+            f"method {method.name} scores weights on data: give a calibration file (safetensors "
+            "with `inputs` and `labels`; CLI --calibration FILE, HTTP part `calibration`)"
+        )
+    if method.data_free and calibration is not None:
+        raise CalibrationError(
+            f"method {method.name} is data-free and would ignore the calibration file: leave it "
+            "out, or choose a data-driven method (snip, grasp)"
+        )
+    if calibration is not None and not calibration.has_labels:
+        raise CalibrationError(
+            f"{method.name} needs `labels` in the calibration file (one int64 class index per "
+            "sample): its score is the cross-entropy gradient, as in the method's paper"
+        )
+
+
+def match_inputs(own: InputSpec, specs: tuple[InputSpec, ...] | None) -> tuple[InputSpec, ...]:
+    """The run's input specs given a calibration batch whose samples are `own`: `own` when the
+    request and the file say nothing, else theirs, which the batch must match but for the
+    batch size (floating with floating, integer with integer)."""
+    if specs is None:
+        return (own,)
+    if len(specs) != 1:
+        raise CalibrationError(
+            f"the model takes {len(specs)} inputs; calibration data feeds models of one input"
+        )
+    (spec,) = specs
+    if spec.is_floating != own.is_floating or spec.shape[1:] != own.shape[1:]:
+        raise CalibrationError(
+            f"the calibration inputs are {format_input_spec(own)} per sample, but the model "
+            f"takes {format_input_spec(spec)}: give inputs of shape [N, "
+            f"{', '.join(map(str, spec.shape[1:]))}] and "
+            f"{'a floating' if spec.is_floating else 'an integer'} dtype"
+        )
+    return specs
 
 
 def _bad(detail: str) -> CalibrationError:

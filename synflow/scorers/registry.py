@@ -62,21 +62,21 @@ SCORERS: dict[str, ScorerSpec] = {
             "synflow.scorers.erk:ERKScorer",
             1,
             "random within Erdos-Renyi-Kernel layer densities (Evci et al. 2020)",
-        ),  # fmt: skip
+        ),
         ScorerSpec(
             "snip",
             "synflow.scorers.snip:SNIPScorer",
             1,
             "|weight * dL/dweight| on a calibration batch (Lee et al. 2019)",
             needs_data=True,
-        ),  # fmt: skip
+        ),
         ScorerSpec(
             "grasp",
             "synflow.scorers.grasp:GraSPScorer",
             1,
             "weight * (Hessian x gradient) on a calibration batch (Wang et al. 2020)",
             needs_data=True,
-        ),  # fmt: skip
+        ),
     )
 }
 
