@@ -1,6 +1,7 @@
-"""Read a `POST /prune` multipart body as it arrives: the `model` part goes straight to a file
-(never whole in memory), other parts are small fields. Past the size cap the request is refused
-with 413, whether or not the client announced a Content-Length (chunked bodies are counted)."""
+"""Read a `POST /prune` multipart body as it arrives: the `model` part (and the optional
+`calibration` part) goes straight to a file (never whole in memory), other parts are small
+fields. Past a part's size cap the request is refused with 413, whether or not the client
+announced a Content-Length (chunked bodies are counted)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from service.problems import ProblemError
 
 MODEL_PART = "model"
+CALIBRATION_PART = "calibration"
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 32
 FORM_OVERHEAD = MAX_FIELDS * MAX_FIELD_BYTES  # what the body may carry besides the model
@@ -28,6 +30,17 @@ class PruneForm:
     repeated: dict[str, list[str]] = field(default_factory=dict)
     model_bytes: int = 0
     has_model: bool = False
+    calibration_bytes: int = 0
+    has_calibration: bool = False
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A part streamed to a file, with its cap and what to say past it."""
+
+    path: Path
+    max_bytes: int
+    too_large: str
 
 
 def _too_large(limit: int) -> ProblemError:
@@ -40,12 +53,32 @@ def _too_large(limit: int) -> ProblemError:
     )
 
 
+def _part_too_large(part: FilePart) -> ProblemError:
+    return ProblemError(413, "upload_too_large", "Upload too large", part.too_large)
+
+
 def _bad_form(detail: str) -> ProblemError:
     return ProblemError(400, "malformed_form", "Malformed multipart body", detail)
 
 
-async def receive_prune_form(request: Request, model_path: Path, max_bytes: int) -> PruneForm:
-    """Parse the body; the model file is written to `model_path`."""
+async def receive_prune_form(
+    request: Request,
+    model_path: Path,
+    max_bytes: int,
+    calibration_path: Path | None = None,
+    max_calibration_bytes: int = 0,
+) -> PruneForm:
+    """Parse the body; the model file is written to `model_path`, the calibration part (refused
+    unless `calibration_path` is given) to `calibration_path`."""
+    files = {MODEL_PART: FilePart(model_path, max_bytes, _too_large(max_bytes).detail)}
+    if calibration_path is not None:
+        files[CALIBRATION_PART] = FilePart(
+            calibration_path,
+            max_calibration_bytes,
+            f"the calibration file may be at most {max_calibration_bytes} bytes; send fewer "
+            "samples (a few hundred are plenty) or ask the operator to raise "
+            "SYNFLOW_MAX_CALIBRATION_BYTES",
+        )
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise ProblemError(
@@ -56,12 +89,14 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
             "(e.g. curl -F model=@model.pt -F sparsity=0.9 -F input_shape=1,3,224,224)",
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
+    allowed = sum(f.max_bytes for f in files.values()) + FORM_OVERHEAD
+    if declared and declared.isdigit() and int(declared) > allowed:
         raise _too_large(max_bytes)
 
     form = PruneForm()
     state: dict = {"headers": {}, "header_field": b"", "header_value": b"", "part": None}
     sink: dict[str, BinaryIO | None] = {"file": None}
+    received: dict[str, int] = {}
     buffers: list[tuple[str, bytearray]] = []
 
     def on_part_begin() -> None:
@@ -83,11 +118,11 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
         if not name:
             raise _bad_form("a part has no name in its Content-Disposition header")
         state["part"] = name
-        if name == MODEL_PART:
-            if form.has_model:
-                raise _bad_form("send exactly one `model` part")
-            form.has_model = True
-            sink["file"] = model_path.open("wb")
+        if name in files:
+            if name in received:
+                raise _bad_form(f"send at most one `{name}` part")
+            received[name] = 0
+            sink["file"] = files[name].path.open("wb")
         else:
             if name not in REPEATABLE_FIELDS and any(n == name for n, _ in buffers):
                 raise _bad_form(f"field {name!r} is given twice")
@@ -97,10 +132,11 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if state["part"] == MODEL_PART:
-            form.model_bytes += len(chunk)
-            if form.model_bytes > max_bytes:
-                raise _too_large(max_bytes)
+        name = state["part"]
+        if name in files:
+            received[name] += len(chunk)
+            if received[name] > files[name].max_bytes:
+                raise _part_too_large(files[name])
             assert sink["file"] is not None
             sink["file"].write(chunk)
         else:
@@ -110,7 +146,7 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
                 raise _bad_form(f"field {state['part']!r} is longer than {MAX_FIELD_BYTES} bytes")
 
     def on_part_end() -> None:
-        if state["part"] == MODEL_PART and sink["file"] is not None:
+        if state["part"] in files and sink["file"] is not None:
             sink["file"].close()
             sink["file"] = None
 
@@ -137,6 +173,10 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
     finally:
         if sink["file"] is not None:
             sink["file"].close()
+    form.has_model = MODEL_PART in received
+    form.model_bytes = received.get(MODEL_PART, 0)
+    form.has_calibration = CALIBRATION_PART in received
+    form.calibration_bytes = received.get(CALIBRATION_PART, 0)
     for name, buf in buffers:
         try:
             text = buf.decode("utf-8")

@@ -54,6 +54,7 @@ MAX_REPORT = 64 << 20
 CHILD_LOG = "child.log"  # the child's stdout and stderr, together
 #: the job's input as the child sees it: a link in scratch (job.json names no host path)
 INPUT_NAME = "input"
+CALIBRATION_NAME = "calibration"
 CODE = re.compile(r"[a-z_]{1,64}")  # an error code from the child, as the engine names them
 
 
@@ -79,17 +80,23 @@ def uid_slots(settings: Settings) -> UidSlots:
 
 
 def sandbox_policy(
-    settings: Settings, scratch: Path, input_path: Path, uid: int | None = None
+    settings: Settings,
+    scratch: Path,
+    input_path: Path,
+    uid: int | None = None,
+    calibration_path: Path | None = None,
 ) -> SandboxPolicy:
     """The job's sandbox. `uid`: the slot leased for it (worker/slots.py; only a root worker
-    uses it); it reads only its input, and its view hides the service's data folders."""
+    uses it); it reads only its inputs (the model, and the calibration data when there is
+    some), and its view hides the service's data folders."""
     uid = settings.sandbox_uid_base if uid is None else uid
+    inputs = (input_path,) if calibration_path is None else (input_path, calibration_path)
     return SandboxPolicy(
         scratch=scratch,
         uid=uid,
         gid=uid,
-        read_only_paths=(input_path,),
-        granted_files=(input_path,),
+        read_only_paths=inputs,
+        granted_files=inputs,
         hidden_paths=tuple(
             {settings.data_dir.resolve(), settings.artifacts_path, settings.scratch_path}
         ),
@@ -141,10 +148,16 @@ def supervise(
     settings = ctx.settings
     input_path = ctx.artifacts.input_path(record.id)
     (scratch / INPUT_NAME).symlink_to(input_path)
+    calibration_path = ctx.artifacts.calibration_path(record.id)
+    if calibration_path.exists():
+        (scratch / CALIBRATION_NAME).symlink_to(calibration_path)
+    else:
+        calibration_path = None
     # paths relative to the child's working folder, scratch: no host path in the spec
     spec = {
         "job_id": record.id,
         "input": INPUT_NAME,
+        "calibration": CALIBRATION_NAME if calibration_path is not None else None,
         "out": "out",
         "scratch": ".",
         "config": record.config,
@@ -155,7 +168,8 @@ def supervise(
     }
     spec_path = scratch / "job.json"
     spec_path.write_text(json.dumps(spec))
-    proc = launch_child(spec_path, sandbox_policy(settings, scratch, input_path, uid))
+    policy = sandbox_policy(settings, scratch, input_path, uid, calibration_path)
+    proc = launch_child(spec_path, policy)
     log.info("job %s: sandbox layers %s", record.id, ", ".join(proc.layers))
     started = last_beat = time.monotonic()
     beat_every = settings.heartbeat_timeout / 4
