@@ -27,6 +27,7 @@ def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[st
     sizes = {k: math.prod(s) for k, s in shapes.items()}
     raw = {k: sum(s) / sizes[k] for k, s in shapes.items() if sizes[k]}
     dense: set[str] = set()
+    eps = 0.0
     while True:
         sparse = [k for k in raw if k not in dense]
         budget = density * sum(sizes.values()) - sum(sizes[k] for k in dense)
