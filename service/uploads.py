@@ -120,7 +120,8 @@ async def receive_prune_form(
         state["part"] = name
         if name in files:
             if name in received:
-                raise _bad_form(f"send at most one `{name}` part")
+                how_many = "exactly one" if name == MODEL_PART else "at most one"
+                raise _bad_form(f"send {how_many} `{name}` part")
             received[name] = 0
             sink["file"] = files[name].path.open("wb")
         else:
