@@ -44,6 +44,7 @@ def release_input(jobs: JobStore, artifacts: ArtifactStore, job_id: str, keep: b
     if not released:
         return False
     artifacts.input_path(job_id).unlink(missing_ok=True)
+    artifacts.calibration_path(job_id).unlink(missing_ok=True)
     return True
 
 

@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.webhooks.addresses import AllowList
-from synflow.io.limits import ArchiveLimits, InputLimits, OnnxLimits
+from synflow.io.limits import ArchiveLimits, CalibrationLimits, InputLimits, OnnxLimits
 from synflow.webhooks import secret_key
 
 ENV_PREFIX = "SYNFLOW_"
@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port `synflow serve` listens on")
     max_upload_bytes: int = Field(
         1 << 30, ge=1, description="largest accepted model upload, in bytes (larger: 413)"
+    )
+    max_calibration_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="largest accepted calibration upload (the `calibration` part), in bytes "
+        "(larger: 413)",
     )
     api_keys: dict[str, str] = Field(
         default_factory=dict,
@@ -299,6 +305,14 @@ class Settings(BaseSettings):
         gt=1,
         description="largest compression ratio of a zip member over 1 MiB",
     )
+    calibration_max_header_bytes: int = Field(
+        CalibrationLimits.max_header_bytes,
+        gt=0,
+        description="JSON header of a calibration file (safetensors)",
+    )
+    calibration_max_samples: int = Field(
+        CalibrationLimits.max_samples, gt=0, description="samples in a calibration file"
+    )
     onnx_max_nodes: int = Field(OnnxLimits.max_nodes, gt=0, description="nodes in an ONNX graph")
     onnx_max_initializers: int = Field(
         OnnxLimits.max_initializers, gt=0, description="initializers in an ONNX graph"
@@ -403,6 +417,11 @@ class Settings(BaseSettings):
                 max_rank=self.onnx_max_rank,
                 max_data_bytes=self.onnx_max_data_bytes,
                 external_data_beside=False,  # an upload is one file: data comes in a bundle
+            ),
+            calibration=CalibrationLimits(
+                max_file_bytes=self.max_calibration_bytes,
+                max_header_bytes=self.calibration_max_header_bytes,
+                max_samples=self.calibration_max_samples,
             ),
         )
 

@@ -1,8 +1,9 @@
-"""Read a `POST /prune` multipart body as it arrives: the `model` part goes straight to a file
-(never whole in memory), other parts are small fields. Past the size cap the request is refused
-with 413, whether or not the client announced a Content-Length (chunked bodies are counted).
+"""Read a `POST /prune` multipart body as it arrives: the `model` part (and the optional
+`calibration` part) goes straight to a file (never whole in memory), other parts are small
+fields. Past a part's size cap the request is refused with 413, whether or not the client
+announced a Content-Length (chunked bodies are counted).
 
-The event loop only collects the body's chunks; parsing them and writing the file happen in a
+The event loop only collects the body's chunks; parsing them and writing the files happen in a
 worker thread, a batch of about `BATCH_BYTES` at a time, so that status polls are answered
 while uploads stream (parsing 10 uploads on the loop held every poll for up to 1.8 s, and a
 write that waits for the disk would hold it longer)."""
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from service.problems import ProblemError
 
 MODEL_PART = "model"
+CALIBRATION_PART = "calibration"
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 32
 FORM_OVERHEAD = MAX_FIELDS * MAX_FIELD_BYTES  # what the body may carry besides the model
@@ -36,6 +38,17 @@ class PruneForm:
     repeated: dict[str, list[str]] = field(default_factory=dict)
     model_bytes: int = 0
     has_model: bool = False
+    calibration_bytes: int = 0
+    has_calibration: bool = False
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A part streamed to a file, with its cap and what to say past it."""
+
+    path: Path
+    max_bytes: int
+    too_large: str
 
 
 def _too_large(limit: int) -> ProblemError:
@@ -48,17 +61,22 @@ def _too_large(limit: int) -> ProblemError:
     )
 
 
+def _part_too_large(part: FilePart) -> ProblemError:
+    return ProblemError(413, "upload_too_large", "Upload too large", part.too_large)
+
+
 def _bad_form(detail: str) -> ProblemError:
     return ProblemError(400, "malformed_form", "Malformed multipart body", detail)
 
 
 class FormReader:
-    """The multipart parser and what it has read so far. Blocking (it writes the model file):
+    """The multipart parser and what it has read so far. Blocking (it writes the files):
     `feed` and `finish` run in a worker thread, one call at a time."""
 
-    def __init__(self, boundary: bytes, model_path: Path, max_bytes: int):
+    def __init__(self, boundary: bytes, files: dict[str, FilePart]):
         self.form = PruneForm()
-        self._model_path, self._max_bytes = model_path, max_bytes
+        self._files = files
+        self._received: dict[str, int] = {}
         self._headers: dict[bytes, bytes] = {}
         self._header_field = self._header_value = b""
         self._part: str | None = None
@@ -96,11 +114,12 @@ class FormReader:
         if not name:
             raise _bad_form("a part has no name in its Content-Disposition header")
         self._part = name
-        if name == MODEL_PART:
-            if self.form.has_model:
-                raise _bad_form("send exactly one `model` part")
-            self.form.has_model = True
-            self._file = self._model_path.open("wb")
+        if name in self._files:
+            if name in self._received:
+                how_many = "exactly one" if name == MODEL_PART else "at most one"
+                raise _bad_form(f"send {how_many} `{name}` part")
+            self._received[name] = 0
+            self._file = self._files[name].path.open("wb")
         else:
             if name not in REPEATABLE_FIELDS and any(n == name for n, _ in self._buffers):
                 raise _bad_form(f"field {name!r} is given twice")
@@ -109,20 +128,21 @@ class FormReader:
             self._buffers.append((name, bytearray()))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._part == MODEL_PART:
-            self.form.model_bytes += end - start
-            if self.form.model_bytes > self._max_bytes:
-                raise _too_large(self._max_bytes)
+        name = self._part
+        if name in self._files:
+            self._received[name] += end - start
+            if self._received[name] > self._files[name].max_bytes:
+                raise _part_too_large(self._files[name])
             assert self._file is not None
             self._file.write(memoryview(data)[start:end])  # no copy of the chunk
         else:
             buf = self._buffers[-1][1]
             buf += data[start:end]
             if len(buf) > MAX_FIELD_BYTES:
-                raise _bad_form(f"field {self._part!r} is longer than {MAX_FIELD_BYTES} bytes")
+                raise _bad_form(f"field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
 
     def _on_part_end(self) -> None:
-        if self._part == MODEL_PART:
+        if self._part in self._files:
             self.close()
 
     def feed(self, chunks: list[bytes]) -> None:
@@ -141,16 +161,21 @@ class FormReader:
             self._parser.finalize()
         except Exception as exc:
             raise _bad_form(f"the body is not valid multipart/form-data ({exc})") from exc
+        form = self.form
+        form.has_model = MODEL_PART in self._received
+        form.model_bytes = self._received.get(MODEL_PART, 0)
+        form.has_calibration = CALIBRATION_PART in self._received
+        form.calibration_bytes = self._received.get(CALIBRATION_PART, 0)
         for name, buf in self._buffers:
             try:
                 text = buf.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise _bad_form(f"field {name!r} is not UTF-8 text") from exc
             if name in REPEATABLE_FIELDS:
-                self.form.repeated.setdefault(name, []).append(text)
+                form.repeated.setdefault(name, []).append(text)
             else:
-                self.form.fields[name] = text
-        return self.form
+                form.fields[name] = text
+        return form
 
     def close(self) -> None:
         if self._file is not None:
@@ -158,8 +183,24 @@ class FormReader:
             self._file = None
 
 
-async def receive_prune_form(request: Request, model_path: Path, max_bytes: int) -> PruneForm:
-    """Parse the body; the model file is written to `model_path`."""
+async def receive_prune_form(
+    request: Request,
+    model_path: Path,
+    max_bytes: int,
+    calibration_path: Path | None = None,
+    max_calibration_bytes: int = 0,
+) -> PruneForm:
+    """Parse the body; the model file is written to `model_path`, the calibration part (refused
+    unless `calibration_path` is given) to `calibration_path`."""
+    files = {MODEL_PART: FilePart(model_path, max_bytes, _too_large(max_bytes).detail)}
+    if calibration_path is not None:
+        files[CALIBRATION_PART] = FilePart(
+            calibration_path,
+            max_calibration_bytes,
+            f"the calibration file may be at most {max_calibration_bytes} bytes; send fewer "
+            "samples (a few hundred are plenty) or ask the operator to raise "
+            "SYNFLOW_MAX_CALIBRATION_BYTES",
+        )
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise ProblemError(
@@ -170,10 +211,11 @@ async def receive_prune_form(request: Request, model_path: Path, max_bytes: int)
             "(e.g. curl -F model=@model.pt -F sparsity=0.9 -F input_shape=1,3,224,224)",
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
+    allowed = sum(f.max_bytes for f in files.values()) + FORM_OVERHEAD
+    if declared and declared.isdigit() and int(declared) > allowed:
         raise _too_large(max_bytes)
 
-    reader = FormReader(params[b"boundary"], model_path, max_bytes)
+    reader = FormReader(params[b"boundary"], files)
     batch: list[bytes] = []
     size = 0
     try:

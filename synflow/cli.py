@@ -108,6 +108,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         progress=_progress_bar(config.resolved_iterations),
+        calibration=args.calibration,
     )
     totals = report["totals"]
     print(
@@ -147,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--out", required=True, help="directory for the artifacts")
     add_config_arguments(prune)
+    prune.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="safetensors with `inputs` (batch first) and `labels` (int64): the data of the "
+        "data-driven methods (snip, grasp); refused with the data-free ones",
+    )
     prune.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     prune.add_argument(
         "--precision",

@@ -57,7 +57,7 @@ class PruneConfig(BaseModel):
         None,
         ge=1,
         le=MAX_ITERATIONS,
-        description="pruning rounds (default 100 for synflow, 1 otherwise)",
+        description="pruning rounds (default 100 for synflow and synflow-l2, 1 otherwise)",
     )
     schedule: Schedule = Field("exponential", description="density schedule over the rounds")
     scope: Scope = Field("global", description="rank all weights together or each tensor alone")
@@ -125,6 +125,11 @@ class PruneConfig(BaseModel):
             raise ValueError(
                 "give either input_shape (one float32 input) or inputs (one spec per forward "
                 "argument), not both"
+            )
+        if self.grain.name == "channel" and not scorer_spec(self.method).ranks_channels:
+            able = ", ".join(n for n, spec in SCORERS.items() if spec.ranks_channels)
+            raise ValueError(
+                f"channel granularity cannot rank channels with {self.method}; choose {able}"
             )
         return self
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from synflow.calibration import Calibration
 from synflow.config import PruneConfig
 from synflow.device import check_device
 from synflow.discovery import DenseParameter
 from synflow.errors import InvalidInputShapeError, NoPrunableParametersError, PruningCanceled
 from synflow.feed import forward_failure, model_dtype, ones_inputs, resolve_inputs, runs_on
 from synflow.inputs import InputSpec
+from synflow.io.calibration import check_method_data, match_inputs
 from synflow.masks import Masks
 from synflow.model import Discovery, LoadedModel, PrunableTensor
 from synflow.schedule import density_at
@@ -102,13 +104,19 @@ def prune(
     precision: str = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    calibration: Calibration | None = None,
 ) -> PruneResult:
-    """Compute masks for `model` as `config` asks. The module is left as it was given."""
+    """Compute masks for `model` as `config` asks. The module is left as it was given.
+
+    `calibration` feeds the data-driven methods (`ScorerSpec.needs_data`) and only them."""
     started = time.perf_counter()
     device = check_device(device)
     inputs = resolve_inputs(model, config)
     spec = scorer_spec(config.method)
-    if inputs is None and spec.name == "synflow":
+    check_method_data(spec, None if calibration is None else calibration.info)
+    if calibration is not None:
+        inputs = match_inputs(calibration.spec, inputs)
+    if inputs is None and spec.needs_inputs:
         raise InvalidInputShapeError(
             "input_shape is required for this model (e.g. 1,3,224,224), or one input spec per "
             "forward argument (e.g. --input int64:1,128): the file does not state its inputs"
@@ -133,6 +141,8 @@ def prune(
             device=device,
             generator=torch.Generator().manual_seed(config.seed),
             precision=precision,
+            density=config.density,
+            calibration=calibration,
         )
         iterations = config.resolved_iterations
         masks = Masks.dense_flat(params)

@@ -51,3 +51,9 @@ class ExcludeMatchesNothingError(SynflowError):
 
 class PruningCanceled(SynflowError):
     code = "canceled"
+
+
+class CalibrationError(SynflowError):
+    """The calibration data is missing, malformed, or does not fit the method or the model."""
+
+    code = "invalid_calibration"

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from synflow.calibration import load_calibration
 from synflow.config import PruneConfig
 from synflow.device import check_device
 from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
@@ -28,10 +29,12 @@ from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
 from synflow.granularity import CHANNEL
 from synflow.io.atomic import first_missing, write_atomically
+from synflow.io.calibration import check_method_data, inspect_calibration
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
 from synflow.report import build_report
+from synflow.scorers.registry import scorer_spec
 
 MASKS = "masks.safetensors"
 WEIGHTS = "weights.safetensors"
@@ -61,16 +64,19 @@ def prune_file(
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
     limits: InputLimits | None = None,
+    calibration: str | Path | None = None,
 ) -> dict[str, Any]:
     """Prune the model at `model_path` and write the artifacts to `out_dir`; returns the report.
 
+    `calibration`: a safetensors file of `inputs` and `labels` for the data-driven methods.
     A failed run leaves no folder behind that it created (a folder that existed is kept)."""
     out = Path(out_dir)
     created = first_missing(out)
     try:
         return _prune_into(
-            model_path, config, out, device, precision, progress, should_cancel, limits
-        )
+            model_path, config, out, device, precision, progress, should_cancel, limits,
+            calibration,
+        )  # fmt: skip
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
@@ -86,9 +92,20 @@ def _prune_into(
     progress: ProgressCallback | None,
     should_cancel: CancelCheck | None,
     limits: InputLimits | None,
+    calibration_path: str | Path | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     check_device(device)  # before the load: a missing GPU is known without reading the model
+    calibration_limits = (limits or InputLimits()).calibration
+    info = (
+        None
+        if calibration_path is None
+        else inspect_calibration(calibration_path, calibration_limits)
+    )
+    check_method_data(scorer_spec(config.method), info)  # before loading anything
+    calibration = None
+    if calibration_path is not None:
+        calibration = load_calibration(calibration_path, calibration_limits)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_path, limits, workdir=out)
     if config.grain.name == CHANNEL:
@@ -105,6 +122,7 @@ def _prune_into(
         precision=precision,
         progress=progress,
         should_cancel=should_cancel,
+        calibration=calibration,
     )
     apply_masks(model, result)
 

@@ -69,6 +69,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             precision=spec["precision"],
             progress=progress,
             limits=limits,
+            calibration=spec.get("calibration"),
         )
     except SynflowError as exc:
         return {"ok": False, "code": exc.code, "message": exc.message}

@@ -20,17 +20,23 @@ def uid_slots(settings: Settings) -> UidSlots:
 
 
 def sandbox_policy(
-    settings: Settings, scratch: Path, input_path: Path, uid: int | None = None
+    settings: Settings,
+    scratch: Path,
+    input_path: Path,
+    uid: int | None = None,
+    calibration_path: Path | None = None,
 ) -> SandboxPolicy:
     """The job's sandbox. `uid`: the slot leased for it (worker/slots.py; only a root worker
-    uses it); it reads only its input, and its view hides the service's data folders."""
+    uses it); it reads only its inputs (the model, and the calibration data when there is
+    some), and its view hides the service's data folders."""
     uid = settings.sandbox_uid_base if uid is None else uid
+    inputs = (input_path,) if calibration_path is None else (input_path, calibration_path)
     return SandboxPolicy(
         scratch=scratch,
         uid=uid,
         gid=uid,
-        read_only_paths=(input_path,),
-        granted_files=(input_path,),
+        read_only_paths=inputs,
+        granted_files=inputs,
         hidden_paths=tuple(
             {settings.data_dir.resolve(), settings.artifacts_path, settings.scratch_path}
         ),

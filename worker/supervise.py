@@ -30,6 +30,7 @@ log = logging.getLogger("worker")
 
 #: the job's input as the child sees it: a link in scratch (job.json names no host path)
 INPUT_NAME = "input"
+CALIBRATION_NAME = "calibration"
 
 
 @dataclass
@@ -57,10 +58,16 @@ def supervise(
     settings = ctx.settings
     input_path = ctx.artifacts.input_path(record.id)
     (scratch / INPUT_NAME).symlink_to(input_path)
+    calibration_path = ctx.artifacts.calibration_path(record.id)
+    if calibration_path.exists():
+        (scratch / CALIBRATION_NAME).symlink_to(calibration_path)
+    else:
+        calibration_path = None
     # paths relative to the child's working folder, scratch: no host path in the spec
     spec = {
         "job_id": record.id,
         "input": INPUT_NAME,
+        "calibration": CALIBRATION_NAME if calibration_path is not None else None,
         "out": "out",
         "scratch": ".",
         "config": record.config,
@@ -71,7 +78,8 @@ def supervise(
     }
     spec_path = scratch / "job.json"
     spec_path.write_text(json.dumps(spec))
-    proc = launch_child(spec_path, sandbox_policy(settings, scratch, input_path, uid))
+    policy = sandbox_policy(settings, scratch, input_path, uid, calibration_path)
+    proc = launch_child(spec_path, policy)
     log.info("job %s: sandbox layers %s", record.id, ", ".join(proc.layers))
     started = last_beat = time.monotonic()
     beat_every = settings.heartbeat_timeout / 4

@@ -4,6 +4,7 @@ Layout, derived only from server-generated job ids (never from client-supplied n
 
     <root>/uploads/<id>.partial       an upload being received
     <root>/jobs/<id>/input            the uploaded model
+    <root>/jobs/<id>/calibration      its calibration data, when it came with some
     <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, the model (named
                                       by the format registry, synflow.io.formats: model.pt,
                                       model.onnx, ...), report.json; appears whole (one rename)
@@ -57,6 +58,13 @@ class ArtifactStore:
     def input_path(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "input"
 
+    def calibration_upload_path(self, job_id: str) -> Path:
+        return self.root / "uploads" / f"{_checked(job_id)}.calibration.partial"
+
+    def calibration_path(self, job_id: str) -> Path:
+        """The job's calibration data (the `calibration` part), when it came with one."""
+        return self.job_dir(job_id) / "calibration"
+
     def artifacts_dir(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "artifacts"
 
@@ -64,9 +72,14 @@ class ArtifactStore:
         return self.artifacts_dir(job_id) / artifact_file(name, fmt)
 
     def adopt_upload(self, job_id: str) -> Path:
-        """Move a completely received upload to its job's input."""
+        """Move a completely received upload to its job's input (and its calibration data, when
+        it came with some)."""
         target = self.input_path(job_id)
         private_dir(target.parent)
+        calibration = self.calibration_upload_path(job_id)
+        if calibration.exists():
+            private_file(calibration)
+            os.replace(calibration, self.calibration_path(job_id))
         upload = self.upload_path(job_id)
         private_file(upload)
         os.replace(upload, target)
@@ -92,6 +105,7 @@ class ArtifactStore:
 
     def delete(self, job_id: str) -> None:
         self.upload_path(job_id).unlink(missing_ok=True)
+        self.calibration_upload_path(job_id).unlink(missing_ok=True)
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def remove_stale_uploads(self, older_than: float = 24 * 3600.0) -> int:

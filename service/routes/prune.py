@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,13 +22,21 @@ from service import quotas
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
 from service.problems import ProblemError, invalid_request, problem_responses
 from service.ratelimit import retry_after
-from service.uploads import MODEL_PART, receive_prune_form
+from service.uploads import CALIBRATION_PART, MODEL_PART, receive_prune_form
 
 # torch-free parts of the engine: the request model, and format detection by content
 from synflow import boundedjson
 from synflow.config import PruneConfig
 from synflow.errors import SynflowError
+from synflow.inputs import InputSpec
+from synflow.io.calibration import (
+    CalibrationInfo,
+    check_method_data,
+    inspect_calibration,
+    match_inputs,
+)
 from synflow.io.formats import detect_format, format_spec
+from synflow.scorers.registry import scorer_spec
 
 log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
@@ -46,6 +55,12 @@ PRUNE_FORM_SCHEMA = {
     "required": [MODEL_PART],
     "properties": {
         MODEL_PART: {"type": "string", "format": "binary", "description": "the model file"},
+        CALIBRATION_PART: {
+            "type": "string",
+            "format": "binary",
+            "description": "safetensors with `inputs` (batch first) and `labels` (int64 class "
+            "indices): the data of the data-driven methods (snip, grasp)",
+        },
         CONFIG_PART: {"type": "string", "description": "the request as one JSON object"},
         **{
             name: {"type": "string", "description": field.description or name}
@@ -139,6 +154,30 @@ def callback_for(tenant: str, url: str | None, settings: Settings) -> Callback |
     return Callback(url=url)
 
 
+def checked_method_data(config: PruneConfig, info: CalibrationInfo | None) -> None:
+    try:
+        check_method_data(scorer_spec(config.method), info)
+    except SynflowError as exc:
+        raise ProblemError(422, exc.code, "Invalid calibration data", exc.message) from exc
+
+
+def checked_calibration(
+    path: Path, config: PruneConfig, settings: Settings
+) -> tuple[InputSpec, ...]:
+    """The calibration file's header checked (never its tensors: bounded reads only), against
+    the method and the request's inputs; the run's input specs (the batch's own when the
+    request gives none)."""
+    try:
+        info = inspect_calibration(path, settings.input_limits().calibration)
+    except SynflowError as exc:
+        raise ProblemError(422, exc.code, "Invalid calibration data", exc.message) from exc
+    checked_method_data(config, info)
+    try:
+        return match_inputs(info.spec, config.input_specs)
+    except SynflowError as exc:
+        raise ProblemError(422, exc.code, "Invalid calibration data", exc.message) from exc
+
+
 @router.post(
     "/prune",
     status_code=202,
@@ -169,9 +208,16 @@ async def submit(
     quotas.check_storage(usage, settings)
     job_id = str(uuid.uuid4())
     upload = artifacts.upload_path(job_id)
+    calibration_upload = artifacts.calibration_upload_path(job_id)
     try:
-        form = await receive_prune_form(request, upload, settings.max_upload_bytes)
-        quotas.check_storage(usage, settings, form.model_bytes)
+        form = await receive_prune_form(
+            request,
+            upload,
+            settings.max_upload_bytes,
+            calibration_upload,
+            settings.max_calibration_bytes,
+        )
+        quotas.check_storage(usage, settings, form.model_bytes + form.calibration_bytes)
         if not form.has_model:
             raise ProblemError(
                 422, "missing_model", "Missing model",
@@ -180,6 +226,13 @@ async def submit(
             )  # fmt: skip
         config, callback_url = parse_config(form.fields, form.repeated)
         callback = callback_for(tenant, callback_url, settings)
+        specs = config.input_specs
+        if form.has_calibration:
+            specs = await run_in_threadpool(
+                checked_calibration, calibration_upload, config, settings
+            )
+        else:
+            checked_method_data(config, None)
         try:
             # the directory only (bounded reads, nothing inflated), against the operator's
             # limits; inflation happens in the sandboxed child
@@ -187,7 +240,7 @@ async def submit(
         except SynflowError as exc:
             raise ProblemError(422, exc.code, "Invalid model", exc.message) from exc
         spec = format_spec(fmt)
-        if not spec.states_inputs and config.input_specs is None:
+        if not spec.states_inputs and specs is None:
             raise ProblemError(
                 422, "missing_inputs", "Missing inputs",
                 f"the inputs are required for {spec.title} models (the file does not state "
@@ -197,13 +250,14 @@ async def submit(
         await run_in_threadpool(artifacts.adopt_upload, job_id)
     finally:
         upload.unlink(missing_ok=True)
+        calibration_upload.unlink(missing_ok=True)
 
     record = JobRecord(
         id=job_id,
         tenant=tenant,
         config=config.normalized(),
         input_format=fmt,
-        input_bytes=form.model_bytes,
+        input_bytes=form.model_bytes + form.calibration_bytes,
         callback=callback,
     )
     record = await run_in_threadpool(jobs.create, record)
@@ -221,7 +275,7 @@ async def submit(
             "the job queue cannot be reached; try again shortly", headers={"Retry-After": "5"},
         ) from exc  # fmt: skip
     request.app.state.metrics.jobs_submitted.inc()
-    request.app.state.metrics.upload_bytes.inc(form.model_bytes)
+    request.app.state.metrics.upload_bytes.inc(form.model_bytes + form.calibration_bytes)
     return JSONResponse(
         JobOut.of(record).model_dump(mode="json"),
         status_code=202,

@@ -41,12 +41,22 @@ class OnnxLimits:
 
 
 @dataclass(frozen=True)
+class CalibrationLimits:
+    """What a calibration file (safetensors `inputs` and `labels`) may be."""
+
+    max_file_bytes: int = 256 * MiB
+    max_header_bytes: int = 64 * 1024  # two tensors need a few hundred bytes of JSON
+    max_samples: int = 65_536
+
+
+@dataclass(frozen=True)
 class InputLimits:
     """Every bound on an input file. The defaults here are the only ones: the service's
     settings take theirs from these classes, and the job spec carries `to_dict()` to the child."""
 
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
     onnx: OnnxLimits = field(default_factory=OnnxLimits)
+    calibration: CalibrationLimits = field(default_factory=CalibrationLimits)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return asdict(self)
@@ -58,4 +68,5 @@ class InputLimits:
         return cls(
             archive=ArchiveLimits(**data.get("archive", {})),
             onnx=OnnxLimits(**data.get("onnx", {})),
+            calibration=CalibrationLimits(**data.get("calibration", {})),
         )

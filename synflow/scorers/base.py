@@ -20,6 +20,7 @@ from typing import Self
 
 import torch
 
+from synflow.calibration import Calibration
 from synflow.inputs import InputSpec
 from synflow.masks import Masks
 from synflow.model import LoadedModel, PrunableTensor
@@ -35,6 +36,8 @@ class ScoringContext:
     device: torch.device
     generator: torch.Generator
     precision: str = "auto"  # "auto" | "float32" | "float64"
+    density: float = 1.0  # the run's target density (ERK sets its layer densities from it)
+    calibration: Calibration | None = None  # the data-driven scorers' batch
 
     def __post_init__(self) -> None:
         if self.inputs and not isinstance(self.inputs[0], InputSpec):

@@ -17,10 +17,25 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ScorerSpec:
+    """A method and what it needs: the engine, the CLI and the API decide from these fields
+    alone (no method is special-cased by name), and they stay torch-free."""
+
     name: str
     target: str  # "module:Class"
     default_iterations: int
     description: str
+    #: runs the model on all-ones inputs, so it needs their shapes (input_shape / inputs)
+    needs_inputs: bool = False
+    #: scores from a calibration batch (`inputs` and `labels`): data-driven, not data-free
+    needs_data: bool = False
+    #: its weight scores, summed over a coupled channel group, rank channels (granularity
+    #: `channel`); not so for ERK (its content is per-layer densities) nor the data-driven ones
+    #: (channel pruning carries no calibration batch)
+    ranks_channels: bool = True
+
+    @property
+    def data_free(self) -> bool:
+        return not self.needs_data
 
     def load(self) -> type[Scorer]:
         module_name, _, cls_name = self.target.partition(":")
@@ -35,9 +50,40 @@ SCORERS: dict[str, ScorerSpec] = {
             "synflow.scorers.synflow:SynFlowScorer",
             100,
             "Iterative Synaptic Flow (Tanaka et al. 2020): data-free, avoids layer collapse",
+            needs_inputs=True,
         ),
         ScorerSpec("magnitude", "synflow.scorers.magnitude:MagnitudeScorer", 1, "|weight|"),
         ScorerSpec("random", "synflow.scorers.random:RandomScorer", 1, "Gaussian noise (seeded)"),
+        ScorerSpec(
+            "synflow-l2",
+            "synflow.scorers.synflow_l2:SynFlowL2Scorer",
+            100,
+            "SynFlow on squared weights (Gebhart et al. 2021): data-free",
+            needs_inputs=True,
+        ),
+        ScorerSpec(
+            "erk",
+            "synflow.scorers.erk:ERKScorer",
+            1,
+            "random within Erdos-Renyi-Kernel layer densities (Evci et al. 2020)",
+            ranks_channels=False,
+        ),
+        ScorerSpec(
+            "snip",
+            "synflow.scorers.snip:SNIPScorer",
+            1,
+            "|weight * dL/dweight| on a calibration batch (Lee et al. 2019)",
+            needs_data=True,
+            ranks_channels=False,
+        ),
+        ScorerSpec(
+            "grasp",
+            "synflow.scorers.grasp:GraSPScorer",
+            1,
+            "weight * (Hessian x gradient) on a calibration batch (Wang et al. 2020)",
+            needs_data=True,
+            ranks_channels=False,
+        ),
     )
 }
 

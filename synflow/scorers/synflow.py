@@ -84,6 +84,11 @@ class SynFlowScorer(Scorer):
     #: scores are >= 0 and exactly 0 where pruned (lets the selection skip a pass)
     pruned_scores_zero = True
 
+    @staticmethod
+    def positive(tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The linearised value of a tensor: |tensor| (SynFlow-L2 squares it instead)."""
+        return torch.abs(tensor, out=out)
+
     def __enter__(self) -> Self:
         if self.ctx.input_specs is None:
             raise InvalidInputShapeError(
@@ -171,7 +176,7 @@ class SynFlowScorer(Scorer):
             for tensor, original, _ in self._saved.values():
                 if id(tensor) in self._prunable:
                     continue
-                value = original.to(self.ctx.device, dtype).abs()
+                value = self.positive(original.to(self.ctx.device, dtype))
                 factor = self._factor(tensor)
                 if factor != 1.0:
                     value.mul_(factor)
@@ -183,9 +188,9 @@ class SynFlowScorer(Scorer):
             for p in self.ctx.params.values():
                 original = self._saved[id(p)][1]
                 if original.dtype == p.dtype and original.device == p.device:
-                    torch.abs(original, out=p)
+                    self.positive(original, out=p)
                 else:
-                    p.copy_(original).abs_()
+                    self.positive(p.copy_(original), out=p)
                 factor = self._factor(p)
                 if factor != 1.0:
                     p.mul_(factor)

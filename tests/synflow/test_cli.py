@@ -205,7 +205,7 @@ def test_no_prunable_parameters(tmp_path, capsys):
         (["--compression", "0.5"], "compression"),
         (["--sparsity", "0.5", "--compression", "2"], "exactly one"),
         ([], "exactly one"),
-        (["--sparsity", "0.5", "--method", "snip"], "unknown method"),
+        (["--sparsity", "0.5", "--method", "optimal-brain-damage"], "unknown method"),
         (["--sparsity", "0.5", "--input-shape", "1,a"], "input_shape"),
     ],
 )

@@ -62,7 +62,7 @@ def test_normalized_fills_defaults():
         {"sparsity": 1.0},
         {"compression": 0.9},
         {"compression": float("inf")},
-        {"sparsity": 0.5, "method": "grasp"},
+        {"sparsity": 0.5, "method": "optimal-brain-damage"},
         {"sparsity": 0.5, "iterations": 0},
         {"sparsity": 0.5, "schedule": "cosine"},
         {"sparsity": 0.5, "unknown_field": 1},

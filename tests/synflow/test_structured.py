@@ -255,3 +255,9 @@ def test_nm_without_groupable_weights_is_refused(tmp_path):
     config = PruneConfig(granularity="2:4", input_shape=(1, 3))
     with pytest.raises(NoPrunableParametersError, match="multiple of 4"):
         prune_file(path, config, tmp_path / "out")
+
+
+@pytest.mark.parametrize("method", ["erk", "snip", "grasp"])
+def test_channel_granularity_refuses_methods_that_cannot_rank_channels(method):
+    with pytest.raises(ValueError, match="cannot rank channels with " + method):
+        PruneConfig(sparsity=0.5, granularity="channel", method=method)
