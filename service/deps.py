@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service import logs
 from service.problems import ProblemError
 from service.queue import JobQueue
 from service.schemas import JobRecord
@@ -54,6 +55,7 @@ async def get_tenant(request: Request, settings: SettingsDep) -> str:
     """The tenant whose key the caller presents; with no keys configured, everyone is
     `default` (embedded development mode)."""
     if not settings.api_keys:
+        logs.bind(tenant=DEFAULT_TENANT)
         return DEFAULT_TENANT
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -65,6 +67,7 @@ async def get_tenant(request: Request, settings: SettingsDep) -> str:
             tenant = name
     if tenant is None:
         raise _unauthorized("the API key is not valid")
+    logs.bind(tenant=tenant)
     return tenant
 
 
@@ -84,6 +87,7 @@ def get_owned_job(job_id: str, tenant: CurrentTenant, jobs: JobStoreDep) -> JobR
         record = None
     if record is None or record.tenant != tenant:
         raise not_found(job_id)
+    logs.bind(job_id=job_id)
     return record
 
 

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
         0.1, gt=0, description="seconds between looks at the embedded (filesystem) broker"
     )
     log_level: str = Field("info", description="log level of the API and the worker")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object per log line from the API and the workers, with "
+        "`request_id`, `job_id` and `tenant` when known (service/logs.py)",
+    )
 
     # --- sandbox of the pruning child (docs/sandbox.md) ----------------------------------------
     sandbox_memory_bytes: int = Field(

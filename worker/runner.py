@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import lifecycle, retention
+from service.logs import log_scope
 from service.schemas import JobProgress, JobRecord
 from service.settings import Settings
 from service.stores.artifacts import ARTIFACT_FILES
@@ -331,14 +332,15 @@ def execute(job_id: str, ctx: WorkerContext) -> str | None:
     if record is None or record.run_id is None:
         log.debug("message %s: no queued job may start now", job_id)
         return None
-    try:
-        return _run(record, ctx)
-    finally:
+    with log_scope(job_id=record.id, tenant=record.tenant):  # on every line of the job
         try:
-            ended(record)
-        except Exception:  # the file stays until the job expires; the job's outcome stands
-            log.exception("job %s: could not delete its upload", record.id)
-        wake_for_waiting_jobs(ctx, record.id)
+            return _run(record, ctx)
+        finally:
+            try:
+                ended(record)
+            except Exception:  # the file stays until the job expires; the job's outcome stands
+                log.exception("job %s: could not delete its upload", record.id)
+            wake_for_waiting_jobs(ctx, record.id)
 
 
 def wake_for_waiting_jobs(ctx: WorkerContext, ended_id: str) -> None:

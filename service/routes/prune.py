@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service import lifecycle, quotas
+from service import lifecycle, logs, quotas
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
 from service.problems import ProblemError, invalid_request, problem_responses
 from service.ratelimit import retry_after
@@ -129,6 +129,7 @@ async def submit(
     quotas.check_active_jobs(usage, settings)
     quotas.check_storage(usage, settings)
     job_id = str(uuid.uuid4())
+    logs.bind(job_id=job_id)
     upload = artifacts.upload_path(job_id)
     try:
         form = await receive_prune_form(request, upload, settings.max_upload_bytes)
