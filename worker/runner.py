@@ -31,7 +31,7 @@ from service import lifecycle, retention
 from service.logs import log_scope
 from service.schemas import JobProgress, JobRecord
 from service.settings import Settings
-from service.stores.artifacts import ARTIFACT_FILES
+from service.stores.artifacts import ARTIFACT_FILES, DRAWN_FILES
 from service.stores.private import DIR_MODE, private_dir
 from synflow.io.formats import model_file
 from worker import scratch as scratch_folder
@@ -260,6 +260,14 @@ def check_artifacts(scratch: Path, fmt: str) -> tuple[list[str], dict[str, Any]]
     return files, report
 
 
+def draw_artifacts(report: dict[str, Any]) -> dict[str, bytes]:
+    """The files drawn from the checked report, here outside the sandbox (it reads only the
+    report's JSON); a report that cannot be drawn is invalid output (ReportError)."""
+    from synflow.plot import report_png
+
+    return {DRAWN_FILES["report.png"]: report_png(report)}
+
+
 def _head(path: Path) -> bytes:
     """The safetensors header bytes of an output file (already checked to be a plain file)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -446,6 +454,7 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
         return "failed"
     try:
         files, report = check_artifacts(scratch, record.input_format)
+        drawn = draw_artifacts(report)
     except (InvalidOutput, OSError, ValueError, KeyError) as exc:
         detail = redact(str(exc), places)
         error = lifecycle.problem("invalid_output", "Invalid output", detail, status=500)
@@ -457,8 +466,8 @@ def _conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Pat
     if current.cancel_requested:
         lifecycle.finish(ctx.jobs, job_id, run_id, "canceled", progress=run.progress)
         return "canceled"
-    published = ctx.artifacts.publish(job_id, scratch / "out", files)
-    size = sum((published / name).stat().st_size for name in files)
+    published = ctx.artifacts.publish(job_id, scratch / "out", files, drawn)
+    size = sum((published / name).stat().st_size for name in [*files, *drawn])
     done = lifecycle.finish(
         ctx.jobs, job_id, run_id, "succeeded", result=summarize(report), progress=run.progress,
         artifact_bytes=size,

@@ -22,7 +22,7 @@ from service.stores.artifacts import artifact_file
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-MEDIA_TYPES = {"report": "application/json"}
+MEDIA_TYPES = {"report": "application/json", "report.png": "image/png"}
 MAX_CURSOR_DIGITS = 18  # a job's sequence number is below 2**62
 
 
