@@ -102,6 +102,7 @@ def _header(report: dict[str, Any]) -> str:
 def draw(report: dict[str, Any]):
     """The report as a matplotlib Figure (raises ReportError for a report it cannot draw)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not isinstance(report, dict):
         raise ReportError("the report is not a JSON object")
@@ -111,20 +112,18 @@ def draw(report: dict[str, Any]):
     all_rows = len(report["layers"])
 
     bars_height = max(1.5, INCHES_PER_LAYER * len(layers) + 1.2)
-    fig = Figure(figsize=(WIDTH_INCHES, HEADER_INCHES + bars_height), dpi=DPI)
-    grid = fig.add_gridspec(
-        2, 1, height_ratios=[HEADER_INCHES - 1.2, bars_height], hspace=1.0 / bars_height + 0.05
-    )
-    fig.suptitle("SynFlow pruning report", fontsize=14, fontweight="bold", y=0.995)
-    fig.text(0.5, 1 - 0.55 / fig.get_figheight(), header, ha="center", va="top", fontsize=10)
+    fig = Figure(figsize=(WIDTH_INCHES, HEADER_INCHES + bars_height), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(2, 1, height_ratios=[HEADER_INCHES - 1.0, bars_height])
+    fig.suptitle(f"SynFlow pruning report\n{header}", fontsize=11)
 
     curve = fig.add_subplot(grid[0])
     if history:
         rounds, values = zip(*history, strict=True)
         curve.plot(rounds, values, marker="o" if len(values) <= 30 else None, color=KEPT_COLOUR)
         curve.axhline(values[-1], color=TARGET_COLOUR, linestyle="--", linewidth=1)
-        if min(values) > 0:
+        if len(values) > 1 and min(values) > 0:
             curve.set_yscale("log")
+    curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve.set_xlabel("round")
     curve.set_ylabel("density (kept / prunable)")
     curve.set_title("density after each round", fontsize=11)
@@ -165,9 +164,6 @@ def draw(report: dict[str, Any]):
     )
     bars.set_xlabel("density (kept / total)")
     bars.grid(True, axis="x", which="both", alpha=0.3)
-    fig.subplots_adjust(
-        left=0.3, right=0.8, top=1 - 1.2 / fig.get_figheight(), bottom=0.8 / fig.get_figheight()
-    )
     return fig
 
 
