@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.artifacts.remove_stale_uploads()
     app.state.queue = JobQueue(settings)
     app.state.rate_limiter = make_rate_limiter(settings)
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(app.state.jobs, settings.artifacts_path)
     problems.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # the outermost: every response and line has it

@@ -74,6 +74,22 @@ async def get_tenant(request: Request, settings: SettingsDep) -> str:
 CurrentTenant = Annotated[str, Depends(get_tenant)]
 
 
+async def check_metrics_access(request: Request, settings: SettingsDep) -> None:
+    """`GET /metrics` with `SYNFLOW_METRICS_KEY` set: only its token opens it (the metrics
+    cover every tenant, so no tenant's API key does)."""
+    if settings.metrics_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send the metrics token as `Authorization: Bearer <token>`")
+    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    if not hmac.compare_digest(digest, settings.metrics_key):
+        raise _unauthorized("the metrics token is not valid")
+
+
+MetricsAccess = Depends(check_metrics_access)
+
+
 def not_found(job_id: str) -> ProblemError:
     return ProblemError(404, "job_not_found", "Job not found", f"there is no job {job_id}")
 

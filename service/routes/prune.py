@@ -191,8 +191,6 @@ async def submit(
             503, "queue_unavailable", "Service unavailable",
             "the job queue cannot be reached; try again shortly", headers={"Retry-After": "5"},
         ) from exc  # fmt: skip
-    request.app.state.metrics.jobs_submitted.inc()
-    request.app.state.metrics.upload_bytes.inc(form.model_bytes)
     return JSONResponse(
         JobOut.of(record).model_dump(mode="json"),
         status_code=202,

@@ -68,6 +68,9 @@ class JobStore(Protocol):
     def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` jobs that ended before `cutoff`, oldest first (expiry)."""
 
+    def stats(self) -> dict[tuple[str, ...], float]:
+        """The job statistics (service/stores/job_stats.py), added to by every change."""
+
     def ensure_indexes(self) -> None:
         """Index records written before the store had its indexes (after an upgrade)."""
 
