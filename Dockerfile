@@ -16,6 +16,7 @@ RUN useradd --create-home --uid 10001 synflow \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY synflow ./synflow
+COPY jobs ./jobs
 COPY service ./service
 COPY worker ./worker
 RUN pip install .

@@ -7,15 +7,15 @@ import logging
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from jobs.queue import JobQueue
+from jobs.settings import Settings
+from jobs.stores import open_job_store
+from jobs.stores.artifacts import ArtifactStore
 from service import problems
 from service.metrics import Metrics, MetricsMiddleware
-from service.queue import JobQueue
 from service.ratelimit import make_rate_limiter
 from service.request_id import RequestIdMiddleware
 from service.routes import health, jobs, prune
-from service.settings import Settings
-from service.stores import open_job_store
-from service.stores.artifacts import ArtifactStore
 from synflow import __version__
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.settings import Settings, settings_env
+from jobs.settings import Settings, settings_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_URL = "http://127.0.0.1:8000"

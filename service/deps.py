@@ -12,13 +12,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service import logs
+from jobs import logs
+from jobs.queue import JobQueue
+from jobs.records import JobRecord
+from jobs.settings import Settings
+from jobs.stores import JobStore
+from jobs.stores.artifacts import ArtifactStore
 from service.problems import ProblemError
-from service.queue import JobQueue
-from service.schemas import JobRecord
-from service.settings import Settings
-from service.stores import JobStore
-from service.stores.artifacts import ArtifactStore
 
 DEFAULT_TENANT = "default"
 

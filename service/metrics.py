@@ -6,7 +6,7 @@ Two kinds, because API processes and workers are separate processes on any numbe
   counted in memory; each replica reports its own (sum them across replicas);
 - **the whole service**, read from the shared stores at each scrape (`StoreCollector`): jobs
   created and finished, upload bytes, queue-wait and run-time histograms (the job store's
-  statistics, service/stores/job_stats.py, written in the transaction of each status change,
+  statistics, jobs/stores/job_stats.py, written in the transaction of each status change,
   whichever process made it), jobs queued and running per tenant, queue depth, running jobs
   per worker, bytes held per tenant, and the artifact volume. Every replica reports the same
   values (aggregate with `max`).
@@ -37,7 +37,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from service.stores import JobStore, TenantUsage, job_stats
+from jobs.stores import JobStore, TenantUsage, job_stats
 
 log = logging.getLogger("service")
 

@@ -14,9 +14,9 @@ rate limit bounds.
 
 from __future__ import annotations
 
+from jobs.settings import Settings
+from jobs.stores import TenantUsage
 from service.problems import ProblemError
-from service.settings import Settings
-from service.stores import TenantUsage
 
 
 def check_active_jobs(usage: TenantUsage, settings: Settings) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Protocol
 
-from service.settings import Settings
+from jobs.settings import Settings
 
 #: KEYS[1]: the bucket; ARGV: rate (tokens/s), burst. Returns the seconds to wait (0: allowed).
 TAKE_SCRIPT = """

@@ -1,5 +1,5 @@
 """`X-Request-ID`: taken from the request when it is a sane token, generated otherwise, echoed on
-every response and carried by every log line of the request (service/logs.py).
+every response and carried by every log line of the request (jobs/logs.py).
 
 A proxy or a client that already traces its calls sends its own id, and the service's lines can
 then be found by it. An id is accepted only when it is 1 to `MAX_LENGTH` characters of
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from service.logs import log_scope
+from jobs.logs import log_scope
 
 HEADER = "x-request-id"
 MAX_LENGTH = 128

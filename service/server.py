@@ -19,9 +19,9 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
-from service.logs import json_logging_config
+from jobs.logs import json_logging_config
+from jobs.settings import Settings
 from service.problems import MEDIA_TYPE
-from service.settings import Settings
 
 log = logging.getLogger("service")
 
@@ -181,7 +181,7 @@ def protocol_for(settings: Settings) -> type[BoundedH11Protocol]:
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of `uvicorn.run` / `uvicorn.Config` for `synflow serve` (JSON log
-    lines with `SYNFLOW_LOG_FORMAT=json`, service/logs.py)."""
+    lines with `SYNFLOW_LOG_FORMAT=json`, jobs/logs.py)."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

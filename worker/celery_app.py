@@ -1,5 +1,5 @@
 """`celery -A worker.celery_app worker`: the Celery app, configured from the same `Settings`
-as the API (service/queue.py), plus the prune task and the sweeper that requeues jobs whose
+as the API (jobs/queue.py), plus the prune task and the sweeper that requeues jobs whose
 worker was lost."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 
 from celery.signals import setup_logging, worker_ready
 
-from service.queue import make_celery
-from service.settings import Settings
+from jobs.queue import make_celery
+from jobs.settings import Settings
 from worker.context import WorkerContext
 from worker.lifeline import PARENT_PID_ENV, die_with_parent
 
@@ -29,7 +29,7 @@ if settings.log_format == "json":
     @setup_logging.connect
     def _json_logging(loglevel=None, **_: object) -> None:
         """Celery's lines and ours as JSON (a receiver here replaces Celery's own setup)."""
-        from service.logs import configure_json_logging
+        from jobs.logs import configure_json_logging
 
         configure_json_logging(settings.log_level)
 

@@ -1,9 +1,10 @@
 """`python -m worker.child SPEC.json`: prune ONE job, in a process of its own.
 
-Started only by worker/runner.py, inside the sandbox (docs/sandbox.md). It talks
-back through files in its scratch folder, never through pipes (a child blocked on a full pipe
-would hang its parent): `progress.json` (rewritten as rounds finish) and `outcome.json` (written
-once, last). It dies with its parent (PR_SET_PDEATHSIG) so a killed worker leaves no orphan.
+Started only by worker/confinement.py (for worker/supervise.py), inside the sandbox
+(docs/sandbox.md). It talks back through files in its scratch folder, never through pipes (a
+child blocked on a full pipe would hang its parent): `progress.json` (rewritten as rounds
+finish) and `outcome.json` (written once, last). It dies with its parent (PR_SET_PDEATHSIG)
+so a killed worker leaves no orphan.
 """
 
 from __future__ import annotations

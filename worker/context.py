@@ -7,10 +7,10 @@ import os
 import socket
 from functools import cached_property
 
-from service.queue import JobQueue
-from service.settings import Settings
-from service.stores import JobStore, open_job_store
-from service.stores.artifacts import ArtifactStore
+from jobs.queue import JobQueue
+from jobs.settings import Settings
+from jobs.stores import JobStore, open_job_store
+from jobs.stores.artifacts import ArtifactStore
 
 
 class WorkerContext:

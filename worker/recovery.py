@@ -5,7 +5,7 @@ worker when jobs are queued but none runs.
 A running job's worker writes a heartbeat to the record; a job silent for longer than
 `heartbeat_timeout` goes back to `queued` and is published again. Duplicate messages are
 harmless: `lifecycle.claim_next` lets only one run own a job. Jobs that ended more than
-`retention` ago are deleted (service/retention.py); every worker sweeps, and deleting twice
+`retention` ago are deleted (jobs/retention.py); every worker sweeps, and deleting twice
 is harmless.
 """
 
@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 
-from service import lifecycle, retention
+from jobs import lifecycle, retention
 from worker.context import WorkerContext
 
 log = logging.getLogger("worker")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.stores.private import private_dir
+from jobs.stores.private import private_dir
 
 #: how often a worker whose host has every slot taken looks again
 RETRY_S = 0.2

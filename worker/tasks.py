@@ -4,7 +4,7 @@ record."""
 
 from __future__ import annotations
 
-from service.queue import PRUNE_TASK
+from jobs.queue import PRUNE_TASK
 from worker.celery_app import app, context
 from worker.runner import execute
 

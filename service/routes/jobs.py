@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
-from service import lifecycle, retention
+from jobs import lifecycle, retention
+from jobs.records import ARTIFACTS
+from jobs.stores.artifacts import artifact_file
 from service.deps import (
     ArtifactStoreDep,
     CurrentTenant,
@@ -17,8 +19,7 @@ from service.deps import (
     not_found,
 )
 from service.problems import ProblemError, problem_responses
-from service.schemas import ARTIFACTS, JobOut, JobPage
-from service.stores.artifacts import artifact_file
+from service.schemas import JobOut, JobPage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -89,7 +90,7 @@ def cancel_job(
     job: OwnedJob, jobs: JobStoreDep, artifacts: ArtifactStoreDep, settings: SettingsDep
 ) -> Response:
     """202 while a running job is being stopped; 200 once the job is final (a finished job is
-    left as it is). A queued job ends here: its upload goes (service/retention.py)."""
+    left as it is). A queued job ends here: its upload goes (jobs/retention.py)."""
     record = lifecycle.request_cancel(jobs, job.id)
     if record is None:
         raise not_found(job.id)

@@ -12,11 +12,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service import lifecycle, logs, quotas
+from jobs import lifecycle, logs
+from jobs.records import JobRecord
+from service import quotas
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
 from service.problems import ProblemError, invalid_request, problem_responses
 from service.ratelimit import retry_after
-from service.schemas import JobOut, JobRecord, utcnow
+from service.schemas import JobOut
 from service.uploads import MODEL_PART, receive_prune_form
 
 # torch-free parts of the engine: the request model, and format detection by content
@@ -174,18 +176,7 @@ async def submit(
         failed = lifecycle.problem(
             "queue_unavailable", "Queue unavailable", "the job could not be queued", 503
         )
-        await run_in_threadpool(
-            jobs.update,
-            job_id,
-            lambda r: r.model_copy(
-                update={
-                    "status": "failed",
-                    "finished_at": utcnow(),
-                    "error": failed,
-                    "input_held": False,
-                }
-            ),
-        )
+        await run_in_threadpool(lifecycle.fail_unqueued, jobs, job_id, failed)
         await run_in_threadpool(artifacts.delete, job_id)
         raise ProblemError(
             503, "queue_unavailable", "Service unavailable",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 #: the mode of every artifact file: read and write for its owner only (models, masks and
-#: reports are often private); the service stores everything with it (service/stores/private.py)
+#: reports are often private); the service stores everything with it (jobs/stores/private.py)
 FILE_MODE = 0o600
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.settings import ENV_PREFIX, Settings, hash_key
+from jobs.settings import ENV_PREFIX, Settings, hash_key
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = ("worker-gpu", "worker-cpu")
@@ -117,7 +117,7 @@ def test_workers(compose, monkeypatch):
 
 def test_dockerfile_installs_every_package(compose):
     text = (ROOT / "Dockerfile").read_text()
-    for package in ("synflow", "service", "worker"):
+    for package in ("synflow", "jobs", "service", "worker"):
         assert f"COPY {package} ./{package}" in text
     assert "pip install ." in text and "USER synflow" in text
 

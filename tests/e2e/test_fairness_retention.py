@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import hash_key
+from jobs.settings import hash_key
 from tests.service.harness import (
     base_env,
     client_for,

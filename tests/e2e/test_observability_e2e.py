@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.settings import hash_key
+from jobs.settings import hash_key
 from synflow.io.atomic import FILE_MODE
 from tests.e2e.checks import check_report_png
 from tests.service.harness import (

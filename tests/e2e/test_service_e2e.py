@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import hash_key
+from jobs.settings import hash_key
 from tests.e2e.checks import check_artifacts, download_all
 from tests.service.harness import (
     REPO_ROOT,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from service.settings import hash_key
+from jobs.settings import hash_key
 from tests.security.evil_models import evil_torchscript
 from tests.service.harness import (
     TERMINAL,

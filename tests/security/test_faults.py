@@ -117,7 +117,7 @@ def child_pid(job_id: str) -> int | None:
 
 def attempts(stack, job_id: str) -> int:
     """Times the job was started (kept in the record, not shown by the API)."""
-    from service.stores.redis_jobs import RedisJobStore
+    from jobs.stores.redis_jobs import RedisJobStore
 
     return RedisJobStore(stack["redis"].url, "synflow:").get(job_id).attempts
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jobs.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from synflow.config import PruneConfig
 from tests.service.harness import write_model
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import hash_key
+from jobs.settings import hash_key
 from synflow.config import MAX_ITERATIONS
 from tests.security.leaky_models import FileBomb, Thief, leaked, save
 from tests.security.test_faults import child_pid
@@ -126,7 +126,7 @@ def test_a_job_reads_only_its_own_input(service, dotenv, tmp_path):
             / "weights.safetensors",
             "the checkout's .env": dotenv,
             "a checkout file that is not code": REPO_ROOT / "pyproject.toml",
-            "the service's code that jobs do not run": REPO_ROOT / "service" / "settings.py",
+            "the service's code that jobs do not run": REPO_ROOT / "service" / "app.py",
         }
         if service.mode == "embedded":
             targets["the job records"] = service.data / "jobs.sqlite3"
@@ -134,7 +134,7 @@ def test_a_job_reads_only_its_own_input(service, dotenv, tmp_path):
             targets = {k: v for k, v in targets.items() if "upload" in k or ".env" in k}
         for name, path in targets.items():
             assert path.stat().st_size >= READ, name  # there is something to steal
-        # read now: an upload is deleted when its job ends (service/retention.py)
+        # read now: an upload is deleted when its job ends (jobs/retention.py)
         secrets = {name: path.read_bytes()[:READ] for name, path in targets.items()}
         # the channel works: the job's own input (at a fixed name in its folder) comes out
         own = run_thief(alice, tmp_path, "input")
@@ -198,7 +198,7 @@ def test_a_job_flooding_its_scratch_is_stopped_and_the_worker_is_free(service, t
 def test_two_root_workers_on_one_host_do_not_kill_each_others_jobs(tmp_path):
     settings = redis_settings()
     # one uid base for both, as on one host; both jobs are the default tenant's, so its cap on
-    # running jobs (fairness, service/scheduling.py) is raised to let them run at once
+    # running jobs (fairness, jobs/scheduling.py) is raised to let them run at once
     env = base_env(tmp_path / "data", tenant_max_running="2", **settings)
     api, url = start_api(env, tmp_path)
     workers = [start_worker(env, tmp_path) for _ in range(2)]

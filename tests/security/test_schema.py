@@ -9,8 +9,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from jobs.settings import Settings, hash_key
 from service.app import create_app
-from service.settings import Settings, hash_key
 
 KEY = "schema-key"
 

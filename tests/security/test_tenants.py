@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from jobs.settings import Settings, hash_key
 from service.app import create_app
 from service.ratelimit import RedisRateLimiter
-from service.settings import Settings, hash_key
 from tests.service.harness import REPO_ROOT, base_env, drop_redis_keys, redis_settings
 
 KEYS = {"alice": "a-key", "bob": "b-key"}

@@ -12,8 +12,8 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobs.settings import Settings, hash_key
 from service.app import create_app
-from service.settings import Settings, hash_key
 from tests.service.harness import small_cnn, write_model
 
 MAX_UPLOAD = 200_000

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from service.stores.artifacts import ArtifactStore
+from jobs.stores.artifacts import ArtifactStore
 
 
 def test_paths_only_from_canonical_job_ids(tmp_path):

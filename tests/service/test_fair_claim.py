@@ -10,11 +10,11 @@ from datetime import timedelta
 
 import pytest
 
-from service import lifecycle
-from service.scheduling import pick_tenant
-from service.schemas import JobRecord, utcnow
-from service.stores.redis_jobs import RedisJobStore
-from service.stores.sqlite_jobs import SqliteJobStore
+from jobs import lifecycle
+from jobs.records import JobRecord, utcnow
+from jobs.scheduling import pick_tenant
+from jobs.stores.redis_jobs import RedisJobStore
+from jobs.stores.sqlite_jobs import SqliteJobStore
 from tests.service.harness import REDIS_URL, drop_redis_keys, redis_settings
 
 

@@ -1,4 +1,4 @@
-"""Job statistics in the job stores (service/stores/job_stats.py) and their Prometheus form.
+"""Job statistics in the job stores (jobs/stores/job_stats.py) and their Prometheus form.
 
 Both stores (SQLite, and a real Redis under a test prefix) go through the real lifecycle:
 created, claimed, finished, canceled while queued, failed by the route's enqueue failure, and a
@@ -14,12 +14,12 @@ from datetime import timedelta
 
 import pytest
 
-from service import lifecycle
+from jobs import lifecycle
+from jobs.records import JobRecord, utcnow
+from jobs.stores import job_stats
+from jobs.stores.redis_jobs import RedisJobStore
+from jobs.stores.sqlite_jobs import SqliteJobStore
 from service.metrics import job_histograms
-from service.schemas import JobRecord, utcnow
-from service.stores import job_stats
-from service.stores.redis_jobs import RedisJobStore
-from service.stores.sqlite_jobs import SqliteJobStore
 from tests.service.harness import drop_redis_keys, redis_settings
 
 

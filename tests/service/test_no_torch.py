@@ -14,7 +14,7 @@ PROGRAM = textwrap.dedent(
     import sys, tempfile
     from fastapi.testclient import TestClient
     from service.app import create_app
-    from service.settings import Settings
+    from jobs.settings import Settings
     import worker.runner, worker.context, service.cli
 
     app = create_app(Settings(data_dir=tempfile.mkdtemp()))

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
+from jobs.settings import Settings, hash_key
 from service.app import create_app
 from service.request_id import MAX_LENGTH
-from service.settings import Settings, hash_key
 
 METRICS_TOKEN = "scraper-token"
 

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from service import lifecycle, retention
+from jobs import lifecycle, retention
+from jobs.settings import Settings, hash_key
 from service.app import create_app
-from service.settings import Settings, hash_key
 from tests.service.harness import INPUT_SHAPE, drop_redis_keys, redis_settings, write_model
 
 KEYS = {"alice": "alice-key", "bob": "bob-key"}

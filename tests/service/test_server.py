@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from jobs.settings import Settings
 from service.server import BoundedH11Protocol, uvicorn_options
-from service.settings import Settings
 from tests.deploy.test_compose import env_of, settings_from
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.queue import celery_config
-from service.settings import Settings, hash_key, settings_env
+from jobs.queue import celery_config
+from jobs.settings import Settings, hash_key, settings_env
 
 
 @pytest.fixture(autouse=True)

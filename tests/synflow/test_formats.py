@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import torch
 
-from service.stores import artifacts
+from jobs.stores import artifacts
 from synflow.errors import InvalidModelError
 from synflow.io import formats
 from synflow.io.formats import FORMATS, _resolve, detect_format, format_spec, model_file
@@ -124,7 +124,7 @@ def test_refusals_say_what_the_file_is(tmp_path):
 
 
 def test_input_limits_round_trip_and_settings_defaults():
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     limits = InputLimits(ArchiveLimits(max_members=7), OnnxLimits(max_rank=3))
     assert InputLimits.from_dict(limits.to_dict()) == limits

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
-from service.stores.artifacts import ArtifactStore
-from service.stores.sqlite_jobs import SqliteJobStore
+from jobs.settings import Settings
+from jobs.stores.artifacts import ArtifactStore
+from jobs.stores.sqlite_jobs import SqliteJobStore
 from worker import scratch as scratch_folder
 from worker.redaction import redact
 from worker.sandbox import SandboxPolicy, read_scratch_file, start
@@ -199,7 +199,7 @@ def test_a_job_reads_its_granted_input_and_nothing_else_of_checkout_or_data(tmp_
     targets = {
         "dotfile": str(dotfile),
         "pyproject": str(PROJECT_ROOT / "pyproject.toml"),
-        "service code": str(PROJECT_ROOT / "service" / "settings.py"),
+        "service code": str(PROJECT_ROOT / "service" / "app.py"),
         "other input": str(other),
         "mine": str(mine),
     }

@@ -8,10 +8,10 @@ import time
 import uuid
 from datetime import timedelta
 
-from service import lifecycle
-from service.logs import JsonFormatter
-from service.schemas import JobRecord, utcnow
-from service.settings import Settings
+from jobs import lifecycle
+from jobs.logs import JsonFormatter
+from jobs.records import JobRecord, utcnow
+from jobs.settings import Settings
 from worker.context import WorkerContext
 from worker.recovery import remove_orphan_scratch, requeue_stale_jobs
 
@@ -37,7 +37,7 @@ def test_only_silent_jobs_are_requeued_and_published_again(tmp_path, caplog):
     assert ctx.jobs.get(alive.id).status == "running"
     queued = list((ctx.settings.broker_path / "queue").iterdir())
     assert len(queued) == 1 and queued[0].read_text().count(lost.id) >= 1
-    # the JSON log line of the requeue names the job and its tenant (service/logs.py)
+    # the JSON log line of the requeue names the job and its tenant (jobs/logs.py)
     (line,) = [r for r in caplog.records if "went silent" in r.getMessage()]
     fields = json.loads(JsonFormatter().format(line))
     assert fields["job_id"] == lost.id and fields["tenant"] == "t"

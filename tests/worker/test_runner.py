@@ -13,19 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from service.schemas import JobRecord
-from service.settings import Settings
+from jobs.records import JobRecord
+from jobs.settings import Settings
 from synflow.config import PruneConfig
 from tests.service.harness import SANDBOX_UID_BASE, small_cnn, wait_until, write_model
+from worker.confinement import sandbox_policy
 from worker.context import WorkerContext
-from worker.runner import (
-    InvalidOutput,
-    check_artifacts,
-    execute,
-    read_json,
-    read_progress,
-    sandbox_policy,
-)
+from worker.outputs import InvalidOutput, check_artifacts, read_json
+from worker.runner import execute
+from worker.supervise import read_progress
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ that its tenant's cap held back (the sweep too, when jobs wait and none runs).""
 
 from __future__ import annotations
 
-from service import lifecycle
+from jobs import lifecycle
 from tests.worker.test_runner import context, model_file, new_job  # noqa: F401 (fixture)
 from worker.recovery import wake_if_stalled
 from worker.runner import execute

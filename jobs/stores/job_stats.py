@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Iterable
 
-from service.schemas import JobRecord
+from jobs.records import JobRecord
 
 #: seconds from submission to the first start (a requeued job's later starts are not counted)
 QUEUE_WAIT = "queue_wait_seconds"

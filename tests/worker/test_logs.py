@@ -1,4 +1,4 @@
-"""service/logs.py: the scope of a request or job, and the JSON line format."""
+"""jobs/logs.py: the scope of a request or job, and the JSON line format."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 import threading
 
-from service.logs import JsonFormatter, ScopeFilter, bind, current, log_scope
+from jobs.logs import JsonFormatter, ScopeFilter, bind, current, log_scope
 
 
 def line(message: str, exc_info=None) -> dict:

@@ -4,7 +4,7 @@ One connection per thread and process (connections do not survive a fork); WAL s
 wait for the worker's writes; `BEGIN IMMEDIATE` makes `update` and `claim_next` atomic
 read-modify-writes. Besides the record (`data`, JSON), each row carries the columns the
 indexes need: status, the bytes it holds, and when it ended (epoch seconds); `turns` holds the
-round-robin turn of each tenant (service/scheduling.py).
+round-robin turn of each tenant (jobs/scheduling.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from service.scheduling import pick_tenant
-from service.schemas import JobRecord
-from service.stores import Change, TenantUsage, job_stats
-from service.stores.private import create_private_file, private_dir
+from jobs.records import JobRecord
+from jobs.scheduling import pick_tenant
+from jobs.stores import Change, TenantUsage, job_stats
+from jobs.stores.private import create_private_file, private_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

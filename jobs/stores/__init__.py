@@ -2,7 +2,7 @@
 
 `JobStore` is the interface; the embedded mode uses `SqliteJobStore` (one file under the data
 dir), production uses `RedisJobStore`. Both offer one atomic read-modify-write, `update`, on
-which every status transition (service/lifecycle.py) is built, so the two cannot disagree.
+which every status transition (jobs/lifecycle.py) is built, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from service.schemas import JobRecord
-from service.settings import Settings
+from jobs.records import JobRecord
+from jobs.settings import Settings
 
 Change = Callable[[JobRecord], JobRecord | None]
 
@@ -55,7 +55,7 @@ class JobStore(Protocol):
         """Every record in status `running` (for requeueing those whose worker was lost)."""
 
     def claim_next(self, change: Change, max_running: int) -> JobRecord | None:
-        """Atomically pick the next queued job in fair order (service/scheduling.py: round-robin
+        """Atomically pick the next queued job in fair order (jobs/scheduling.py: round-robin
         over tenants with fewer than `max_running` running jobs, 0: no cap) and apply `change`
         to it, in one step, so that two workers can neither take one job nor exceed a tenant's
         cap. Returns the record as stored afterwards; None when no queued job may start."""
@@ -69,7 +69,7 @@ class JobStore(Protocol):
         """Ids of up to `limit` jobs that ended before `cutoff`, oldest first (expiry)."""
 
     def stats(self) -> dict[tuple[str, ...], float]:
-        """The job statistics (service/stores/job_stats.py), added to by every change."""
+        """The job statistics (jobs/stores/job_stats.py), added to by every change."""
 
     def ensure_indexes(self) -> None:
         """Index records written before the store had its indexes (after an upgrade)."""
@@ -80,10 +80,10 @@ class JobStore(Protocol):
 
 def open_job_store(settings: Settings) -> JobStore:
     if settings.embedded:
-        from service.stores.sqlite_jobs import SqliteJobStore
+        from jobs.stores.sqlite_jobs import SqliteJobStore
 
         return SqliteJobStore(settings.sqlite_path)
-    from service.stores.redis_jobs import RedisJobStore
+    from jobs.stores.redis_jobs import RedisJobStore
 
     assert settings.redis_url is not None
     return RedisJobStore(settings.redis_url, settings.redis_prefix)

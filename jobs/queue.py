@@ -11,8 +11,8 @@ from typing import Any
 
 from celery import Celery
 
-from service.settings import Settings
-from service.stores.private import private_dir
+from jobs.settings import Settings
+from jobs.stores.private import private_dir
 
 PRUNE_TASK = "synflow.prune"
 #: the argument of a message that names no job: it lets the next queued job start
@@ -83,7 +83,7 @@ class JobQueue:
 
     def enqueue(self, job_id: str) -> None:
         """One message per queued job. The worker that takes it starts the next job in fair
-        order (service/scheduling.py), which need not be this one."""
+        order (jobs/scheduling.py), which need not be this one."""
         self.celery.send_task(PRUNE_TASK, args=[job_id], queue=self.settings.queue)
 
     def wake(self) -> None:

@@ -10,9 +10,9 @@ Keys (all under the configured prefix):
     running:<tenant>  the tenant's running job ids (its count against the running cap)
     usage:<tenant>    hash: `inputs`, `artifacts`: bytes its jobs hold
     tenants           sorted set of tenants by the turn of their last start (round-robin,
-                      service/scheduling.py), turns from the counter `turn`
+                      jobs/scheduling.py), turns from the counter `turn`
     finished          sorted set of ended job ids by when they ended (epoch seconds; expiry)
-    stats             hash: job statistics for /metrics (service/stores/job_stats.py)
+    stats             hash: job statistics for /metrics (jobs/stores/job_stats.py)
 
 Records written before these indexes existed (an upgrade) are indexed once, by the first process
 that calls `ensure_indexes` (the API and every worker do at start), which then sets `indexes`.
@@ -32,9 +32,9 @@ from datetime import datetime
 
 import redis
 
-from service.scheduling import pick_tenant
-from service.schemas import JobRecord
-from service.stores import Change, TenantUsage, job_stats
+from jobs.records import JobRecord
+from jobs.scheduling import pick_tenant
+from jobs.stores import Change, TenantUsage, job_stats
 
 #: what `indexes` holds once every record is indexed
 INDEX_VERSION = "1"

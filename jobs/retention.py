@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from service.schemas import JobRecord, utcnow
-from service.stores import JobStore
-from service.stores.artifacts import ArtifactStore
+from jobs.records import JobRecord, utcnow
+from jobs.stores import JobStore
+from jobs.stores.artifacts import ArtifactStore
 
 log = logging.getLogger("service")
 

@@ -9,7 +9,7 @@ Layout, derived only from server-generated job ids (never from client-supplied n
                                       model.onnx, ...), report.json, report.png (drawn by the
                                       worker); appears whole (one rename)
 
-Every file is stored mode 0600 and every folder 0700 (service/stores/private.py): only the
+Every file is stored mode 0600 and every folder 0700 (jobs/stores/private.py): only the
 service's user reads them; a job reads its own input only, through the sandbox's grant.
 """
 
@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from service.stores.private import DIR_MODE, FILE_MODE, private_dir, private_file
+from jobs.stores.private import DIR_MODE, FILE_MODE, private_dir, private_file
 from synflow.io.formats import model_file
 
 #: what the job writes (besides its model file)

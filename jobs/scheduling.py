@@ -6,7 +6,7 @@ job is the oldest queued job of the tenant served least recently among those bel
 a tenant never served goes first, ties go to the older queued job. So a tenant that queues
 many jobs gets one start per round, like every other tenant with work waiting, and can never
 hold more than `max_running` workers (0: no cap). The stores apply the pick and the claim in
-one atomic step (service/stores/).
+one atomic step (jobs/stores/).
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text",
         description="`json`: one JSON object per log line from the API and the workers, with "
-        "`request_id`, `job_id` and `tenant` when known (service/logs.py)",
+        "`request_id`, `job_id` and `tenant` when known (jobs/logs.py)",
     )
 
     # --- sandbox of the pruning child (docs/sandbox.md) ----------------------------------------

@@ -2,6 +2,7 @@
 
     queued --claim(_next)--> running --finish--> succeeded | failed | canceled
     queued --cancel--> canceled            running --cancel--> (flag; the worker stops it)
+    queued --fail_unqueued--> failed       (the API could not publish its message)
     running (worker silent too long) --requeue--> queued
 
 A worker owns a running job through the `run_id` it got when claiming it; a worker presumed
@@ -15,8 +16,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from service.schemas import JobProgress, JobRecord, utcnow
-from service.stores import Change, JobStore
+from jobs.records import JobProgress, JobRecord, utcnow
+from jobs.stores import Change, JobStore
 
 
 def problem(code: str, title: str, detail: str, status: int = 422) -> dict[str, Any]:
@@ -56,6 +57,25 @@ def request_cancel(store: JobStore, job_id: str) -> JobRecord | None:
         return None
 
     return store.update(job_id, change)
+
+
+def fail_unqueued(store: JobStore, job_id: str, error: dict[str, Any]) -> JobRecord | None:
+    """End a job whose message the API could not publish (the broker was down). No worker can
+    have claimed it, so it is still queued; its upload is not kept (the caller deletes it)."""
+
+    def change(r: JobRecord) -> JobRecord | None:
+        if r.status != "queued":
+            return None
+        return r.model_copy(
+            update={
+                "status": "failed",
+                "finished_at": utcnow(),
+                "error": error,
+                "input_held": False,
+            }
+        )
+
+    return _transition(store, job_id, change)
 
 
 def _claim_change(worker: str, heartbeat_timeout: float, max_attempts: int) -> Change:
@@ -112,7 +132,7 @@ def claim_next(
     max_running: int,
     ended: Callable[[JobRecord], None] | None = None,
 ) -> JobRecord | None:
-    """Take the next job in fair order (service/scheduling.py) for this worker. A queued job
+    """Take the next job in fair order (jobs/scheduling.py) for this worker. A queued job
     that is canceled, or was started `max_attempts` times already, ends here instead (`ended`
     is told) and the next one is tried. None: no queued job may start now."""
     change = _claim_change(worker, heartbeat_timeout, max_attempts)
