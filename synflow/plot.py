@@ -28,7 +28,11 @@ MAX_ROUNDS = 2000
 MAX_LABEL = 48
 DPI = 100
 WIDTH_INCHES = 12.0
-HEADER_INCHES = 4.2
+HEADER_INCHES = 4.6  # title and totals, the curve, the bars' title
+CURVE_INCHES = 2.6
+BOTTOM_INCHES = 0.6  # the bars' axis label
+LABEL_INCHES = 3.1  # layer names, left of the bars (MAX_LABEL characters at 8 pt)
+COUNT_INCHES = 1.7  # kept / total, right of the bars
 INCHES_PER_LAYER = 0.19
 KEPT_COLOUR, COLLAPSED_COLOUR, TARGET_COLOUR = "#3b6fb6", "#c62828", "#888888"
 
@@ -111,25 +115,33 @@ def draw(report: dict[str, Any]):
     header = _header(report)
     all_rows = len(report["layers"])
 
-    bars_height = max(1.5, INCHES_PER_LAYER * len(layers) + 1.2)
-    fig = Figure(figsize=(WIDTH_INCHES, HEADER_INCHES + bars_height), dpi=DPI, layout="constrained")
-    grid = fig.add_gridspec(2, 1, height_ratios=[HEADER_INCHES - 1.0, bars_height])
-    fig.suptitle(f"SynFlow pruning report\n{header}", fontsize=11)
+    # a fixed layout in inches (a layout engine measures every label again: 40% of the time)
+    bars_inches = max(0.6, INCHES_PER_LAYER * len(layers))
+    height = HEADER_INCHES + bars_inches + BOTTOM_INCHES
+    fig = Figure(figsize=(WIDTH_INCHES, height), dpi=DPI)
+    fig.suptitle(f"SynFlow pruning report\n{header}", fontsize=11, y=1 - 0.1 / height)
 
-    curve = fig.add_subplot(grid[0])
+    def box(left: float, top: float, right: float, tall: float) -> list[float]:
+        """An axes rectangle from margins in inches (top: from the figure's top edge)."""
+        return [left / WIDTH_INCHES, 1 - (top + tall) / height,
+                1 - (left + right) / WIDTH_INCHES, tall / height]  # fmt: skip
+
+    curve = fig.add_axes(box(1.2, 1.0, 0.6, CURVE_INCHES))
     if history:
         rounds, values = zip(*history, strict=True)
         curve.plot(rounds, values, marker="o" if len(values) <= 30 else None, color=KEPT_COLOUR)
         curve.axhline(values[-1], color=TARGET_COLOUR, linestyle="--", linewidth=1)
         if len(values) > 1 and min(values) > 0:
             curve.set_yscale("log")
+        if len(values) == 1:  # one round (magnitude, random): one tick, not fractions
+            curve.set_xticks(rounds)
     curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve.set_xlabel("round")
     curve.set_ylabel("density (kept / prunable)")
     curve.set_title("density after each round", fontsize=11)
     curve.grid(True, which="both", alpha=0.3)
 
-    bars = fig.add_subplot(grid[1])
+    bars = fig.add_axes(box(LABEL_INCHES, HEADER_INCHES, COUNT_INCHES, bars_inches))
     positions = list(range(len(layers)))
     densities = [kept / total if total else 1.0 for _, kept, total in layers]
     positive = [d for d in densities if d > 0]
