@@ -26,7 +26,7 @@ def problem(code: str, title: str, detail: str, status: int = 422) -> dict[str, 
             "detail": detail, "code": code}  # fmt: skip
 
 
-def _transition(store: JobStore, job_id: str, change: Change) -> JobRecord | None:
+def transition(store: JobStore, job_id: str, change: Change) -> JobRecord | None:
     """Apply `change`; returns the new record, or None if the change did not apply."""
     changed: list[JobRecord] = []
 
@@ -75,7 +75,7 @@ def fail_unqueued(store: JobStore, job_id: str, error: dict[str, Any]) -> JobRec
             }
         )
 
-    return _transition(store, job_id, change)
+    return transition(store, job_id, change)
 
 
 def _claim_change(worker: str, heartbeat_timeout: float, max_attempts: int) -> Change:
@@ -120,7 +120,7 @@ def claim(
     """Take this job for this worker. None: nothing to run (gone, finished, canceled, or running
     under a live worker, i.e. this message is a duplicate)."""
     change = _claim_change(worker, heartbeat_timeout, max_attempts)
-    record = _transition(store, job_id, change)
+    record = transition(store, job_id, change)
     return record if record is not None and record.status == "running" else None
 
 
@@ -161,7 +161,7 @@ def heartbeat(
             update["progress"] = progress
         return r.model_copy(update=update)
 
-    return _transition(store, job_id, change)
+    return transition(store, job_id, change)
 
 
 def finish(
@@ -189,7 +189,7 @@ def finish(
             update["progress"] = progress
         return r.model_copy(update=update)
 
-    return _transition(store, job_id, change)
+    return transition(store, job_id, change)
 
 
 def requeue_if_stale(store: JobStore, job_id: str, heartbeat_timeout: float) -> bool:
@@ -200,4 +200,4 @@ def requeue_if_stale(store: JobStore, job_id: str, heartbeat_timeout: float) -> 
             return None
         return r.model_copy(update={"status": "queued", "run_id": None, "worker": None})
 
-    return _transition(store, job_id, change) is not None
+    return transition(store, job_id, change) is not None

@@ -24,6 +24,19 @@ class JobProgress(BaseModel):
     density: float = 1.0
 
 
+CallbackStatus = Literal["pending", "delivered", "failed", "refused"]
+
+
+class Callback(BaseModel):
+    """The webhook of a job (jobs/webhooks/): where its end is POSTed and how that went."""
+
+    url: str
+    status: CallbackStatus = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None  # pending: the earliest time of the next attempt
+
+
 class JobRecord(BaseModel):
     """A job as stored; the single source of truth for its status (never Celery's results)."""
 
@@ -39,6 +52,7 @@ class JobRecord(BaseModel):
     progress: JobProgress | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    callback: Callback | None = None
     # bookkeeping, not returned
     seq: int = 0  # store-assigned, increasing: the listing order
     cancel_requested: bool = False
@@ -57,3 +71,10 @@ class JobRecord(BaseModel):
     def stored_input_bytes(self) -> int:
         """What its upload holds in the artifact store (counted against the tenant's quota)."""
         return self.input_bytes if self.input_held else 0
+
+    @property
+    def callback_due(self) -> datetime | None:
+        """When its webhook is to be (re)tried: only once the job has ended, while pending."""
+        if not self.terminal or self.callback is None or self.callback.status != "pending":
+            return None
+        return self.callback.next_attempt_at or self.finished_at

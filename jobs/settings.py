@@ -19,7 +19,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.webhooks.addresses import AllowList
 from synflow.io.limits import ArchiveLimits, InputLimits, OnnxLimits
+from synflow.webhooks import secret_key
 
 ENV_PREFIX = "SYNFLOW_"
 
@@ -162,6 +164,39 @@ class Settings(BaseSettings):
     )
     tenant_max_running: int = Field(
         1, ge=0, description="jobs of one tenant that run at once, over all workers (0: no limit)"
+    )
+
+    # --- webhooks (README, "Webhooks") ---------------------------------------------------------
+    webhook_secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="tenant -> its webhook signing secret, `whsec_` + base64 (JSON); a tenant "
+        "without one cannot ask for a `callback_url` (422)",
+    )
+    webhook_allow: str = Field(
+        "",
+        description="comma-separated CIDRs and host names a webhook may reach although they are "
+        "loopback, private, link-local or otherwise not public (refused by default), e.g. "
+        "`10.0.0.0/8,hooks.internal`",
+    )
+    webhook_attempts: int = Field(
+        6, ge=1, description="attempts to deliver one webhook before it is marked `failed`"
+    )
+    webhook_backoff: float = Field(
+        2.0,
+        gt=0,
+        description="seconds before the first retry; each further retry waits twice as long",
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="seconds one delivery attempt may take (connect, send, answer)"
+    )
+    webhook_max_response_bytes: int = Field(
+        4096, ge=0, description="bytes of a receiver's answer read (the rest is not)"
+    )
+    webhook_url_max_length: int = Field(
+        2048, ge=16, description="longest `callback_url` accepted (longer: 422)"
+    )
+    webhook_poll_interval: float = Field(
+        1.0, gt=0, description="seconds between a worker's looks for webhooks due"
     )
 
     # --- worker --------------------------------------------------------------------------------
@@ -308,6 +343,22 @@ class Settings(BaseSettings):
             )
         return value.lower()
 
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _webhook_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        for tenant, secret in value.items():
+            try:
+                secret_key(secret)
+            except ValueError as exc:
+                raise ValueError(f"webhook_secrets[{tenant!r}]: {exc}") from None
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _webhook_allow(cls, value: str) -> str:
+        AllowList.parse(value)  # raises, naming the entry that is neither a CIDR nor a host
+        return value
+
     @field_validator("retention", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -334,6 +385,10 @@ class Settings(BaseSettings):
                 "everyone as one tenant"
             )
         return self
+
+    @property
+    def webhook_allow_list(self) -> AllowList:
+        return AllowList.parse(self.webhook_allow)
 
     @property
     def required_layers(self) -> frozenset[str]:

@@ -1,6 +1,6 @@
 """`celery -A worker.celery_app worker`: the Celery app, configured from the same `Settings`
-as the API (jobs/queue.py), plus the prune task and the sweeper that requeues jobs whose
-worker was lost."""
+as the API (jobs/queue.py), plus the prune task, the sweeper that requeues jobs whose
+worker was lost, and the courier that delivers webhooks."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ if settings.log_format == "json":
 
 
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
+def _start_threads(**_: object) -> None:
+    from worker.courier import start_courier
     from worker.recovery import start_sweeper
 
     try:
@@ -43,3 +44,4 @@ def _start_sweeper(**_: object) -> None:
     except Exception:  # the store is down: the next start tries again
         log.exception("could not check the job store's indexes")
     start_sweeper(context)
+    start_courier(context)

@@ -71,6 +71,10 @@ class JobStore(Protocol):
     def stats(self) -> dict[tuple[str, ...], float]:
         """The job statistics (jobs/stores/job_stats.py), added to by every change."""
 
+    def callbacks_due(self, now: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` ended jobs whose webhook is pending and due by `now`, the
+        longest due first (jobs/webhooks/)."""
+
     def ensure_indexes(self) -> None:
         """Index records written before the store had its indexes (after an upgrade)."""
 

@@ -13,6 +13,7 @@ Keys (all under the configured prefix):
                       jobs/scheduling.py), turns from the counter `turn`
     finished          sorted set of ended job ids by when they ended (epoch seconds; expiry)
     stats             hash: job statistics for /metrics (jobs/stores/job_stats.py)
+    callbacks         sorted set of ended job ids whose webhook is pending, by when it is due
 
 Records written before these indexes existed (an upgrade) are indexed once, by the first process
 that calls `ensure_indexes` (the API and every worker do at start), which then sets `indexes`.
@@ -89,6 +90,10 @@ class RedisJobStore:
     def _stats(self) -> str:
         return f"{self.prefix}{job_stats.REDIS_KEY}"
 
+    @property
+    def _callbacks(self) -> str:
+        return f"{self.prefix}callbacks"
+
     def _reindex(
         self, pipe, old: JobRecord | None, new: JobRecord | None, usage: bool = True
     ) -> None:
@@ -114,6 +119,11 @@ class RedisJobStore:
             pipe.zadd(self._finished, {job_id: ended[1].timestamp()})
         elif ended[1] is None and ended[0] is not None:
             pipe.zrem(self._finished, job_id)
+        due = (old.callback_due if old else None), (new.callback_due if new else None)
+        if due[1] is not None and due[1] != due[0]:
+            pipe.zadd(self._callbacks, {job_id: due[1].timestamp()})
+        elif due[1] is None and due[0] is not None:
+            pipe.zrem(self._callbacks, job_id)
         for field, size in (("inputs", "stored_input_bytes"), ("artifacts", "artifact_bytes")):
             if not usage:
                 break
@@ -312,6 +322,11 @@ class RedisJobStore:
 
     def stats(self) -> dict[tuple[str, ...], float]:
         return job_stats.parse(self.client.hgetall(self._stats).items())
+
+    def callbacks_due(self, now: datetime, limit: int) -> list[str]:
+        return self.client.zrangebyscore(
+            self._callbacks, "-inf", now.timestamp(), start=0, num=limit
+        )
 
     def ping(self) -> None:
         self.client.ping()

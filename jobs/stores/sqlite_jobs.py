@@ -3,7 +3,8 @@
 One connection per thread and process (connections do not survive a fork); WAL so readers never
 wait for the worker's writes; `BEGIN IMMEDIATE` makes `update` and `claim_next` atomic
 read-modify-writes. Besides the record (`data`, JSON), each row carries the columns the
-indexes need: status, the bytes it holds, and when it ended (epoch seconds); `turns` holds the
+indexes need: status, the bytes it holds, when it ended and when its webhook is due (epoch
+seconds); `turns` holds the
 round-robin turn of each tenant (jobs/scheduling.py).
 """
 
@@ -37,6 +38,7 @@ _ADDED_COLUMNS = {
     "input_bytes": "INTEGER NOT NULL DEFAULT 0",
     "artifact_bytes": "INTEGER NOT NULL DEFAULT 0",
     "finished": "REAL",
+    "callback_due": "REAL",
 }
 _BACKFILL = """
 UPDATE jobs SET
@@ -49,18 +51,23 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished) WHERE finished IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_usage ON jobs (tenant, status, input_bytes, artifact_bytes);
+CREATE INDEX IF NOT EXISTS jobs_by_callback ON jobs (callback_due) WHERE callback_due IS NOT NULL;
 """
-_COLUMNS = "status = ?, data = ?, input_bytes = ?, artifact_bytes = ?, finished = ?"
+_COLUMNS = (
+    "status = ?, data = ?, input_bytes = ?, artifact_bytes = ?, finished = ?, callback_due = ?"
+)
 
 
 def _values(record: JobRecord) -> tuple:
     finished = record.finished_at.timestamp() if record.finished_at is not None else None
+    due = record.callback_due
     return (
         record.status,
         record.model_dump_json(),
         record.stored_input_bytes,
         record.artifact_bytes,
         finished,
+        due.timestamp() if due is not None else None,
     )
 
 
@@ -116,7 +123,7 @@ class SqliteJobStore:
         try:
             cur = conn.execute(
                 "INSERT INTO jobs (id, tenant, status, data, input_bytes, artifact_bytes, "
-                "finished) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "finished, callback_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, record.tenant, *_values(record)),
             )
             job_stats.add_sqlite(conn, None, record)
@@ -227,6 +234,14 @@ class SqliteJobStore:
     def stats(self) -> dict[tuple[str, ...], float]:
         rows = self._connect().execute("SELECT field, value FROM job_stats").fetchall()
         return job_stats.parse(rows)
+
+    def callbacks_due(self, now: datetime, limit: int) -> list[str]:
+        rows = self._connect().execute(
+            "SELECT id FROM jobs WHERE callback_due IS NOT NULL AND callback_due <= ? "
+            "ORDER BY callback_due LIMIT ?",
+            (now.timestamp(), limit),
+        )
+        return [row[0] for row in rows.fetchall()]
 
     def ping(self) -> None:
         self._connect().execute("SELECT 1").fetchone()

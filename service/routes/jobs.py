@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
 from jobs import lifecycle, retention
+from jobs.job_object import JobOut
 from jobs.records import ARTIFACTS
 from jobs.stores.artifacts import artifact_file
 from service.deps import (
@@ -19,7 +20,7 @@ from service.deps import (
     not_found,
 )
 from service.problems import ProblemError, problem_responses
-from service.schemas import JobOut, JobPage
+from service.schemas import JobPage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

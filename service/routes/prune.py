@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from jobs import lifecycle, logs
-from jobs.records import JobRecord
+from jobs.job_object import JobOut
+from jobs.records import Callback, JobRecord
+from jobs.settings import Settings
+from jobs.webhooks.target import CallbackRefused, check_url
 from service import quotas
 from service.deps import ArtifactStoreDep, CurrentTenant, JobStoreDep, QueueDep, SettingsDep
 from service.problems import ProblemError, invalid_request, problem_responses
 from service.ratelimit import retry_after
-from service.schemas import JobOut
 from service.uploads import MODEL_PART, receive_prune_form
 
 # torch-free parts of the engine: the request model, and format detection by content
@@ -31,6 +33,8 @@ log = logging.getLogger("service")
 router = APIRouter(tags=["prune"])
 
 CONFIG_PART = "config"
+#: where the job object is POSTed when the job ends (a form field, or a key of `config`)
+CALLBACK_FIELD = "callback_url"
 #: the repeated form field `input` (one per forward argument) is the config's `inputs`
 INPUT_FIELD = "input"
 
@@ -47,6 +51,14 @@ PRUNE_FORM_SCHEMA = {
             name: {"type": "string", "description": field.description or name}
             for name, field in PruneConfig.model_fields.items()
         },
+        CALLBACK_FIELD: {
+            "type": "string",
+            "format": "uri",
+            "description": "optional http(s) URL: when the job ends, its job object is POSTed "
+            "there, signed per Standard Webhooks (webhook-id, webhook-timestamp, "
+            "webhook-signature) with the tenant's secret; the delivery shows as `callback` in "
+            "the job. Public addresses only, unless the operator allows others",
+        },
         INPUT_FIELD: {
             "type": "array",
             "items": {"type": "string"},
@@ -59,9 +71,9 @@ PRUNE_FORM_SCHEMA = {
 
 def parse_config(
     fields: dict[str, str], repeated: dict[str, list[str]] | None = None
-) -> PruneConfig:
+) -> tuple[PruneConfig, str | None]:
     """The request from form fields (the repeated `input` ones included), or from one JSON
-    `config` part (not both)."""
+    `config` part (not both): the pruning config, and the `callback_url` if one is given."""
     repeated = repeated or {}
     data: Any = dict(fields)
     if INPUT_FIELD in repeated:
@@ -96,10 +108,35 @@ def parse_config(
                 422, "invalid_request", "Invalid prune request",
                 'the `config` part must be a JSON object, e.g. {"sparsity": 0.9}',
             )  # fmt: skip
+    callback_url = data.pop(CALLBACK_FIELD, None)
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise ProblemError(
+            422, "invalid_callback_url", "Invalid callback URL",
+            "callback_url must be a string, e.g. https://hooks.example.com/synflow",
+        )  # fmt: skip
     try:
-        return PruneConfig.model_validate(data)
+        return PruneConfig.model_validate(data), callback_url
     except ValidationError as exc:
         raise invalid_request(exc, "prune request") from exc
+
+
+def callback_for(tenant: str, url: str | None, settings: Settings) -> Callback | None:
+    """The job's webhook, if asked for; 422 for a URL the service will not call, or a tenant
+    it has no secret to sign for."""
+    if url is None:
+        return None
+    if tenant not in settings.webhook_secrets:
+        raise ProblemError(
+            422, "webhooks_not_configured", "Webhooks not configured",
+            f"this service has no webhook secret for tenant {tenant!r}, so it cannot sign "
+            "callbacks; leave out callback_url and poll the job, or ask the operator to set "
+            "one (SYNFLOW_WEBHOOK_SECRETS)",
+        )  # fmt: skip
+    try:
+        check_url(url, settings.webhook_allow_list, settings.webhook_url_max_length)
+    except CallbackRefused as exc:
+        raise ProblemError(422, "invalid_callback_url", "Invalid callback URL", str(exc)) from exc
+    return Callback(url=url)
 
 
 @router.post(
@@ -142,7 +179,8 @@ async def submit(
                 f"attach the model file as the multipart part `{MODEL_PART}` "
                 "(curl -F model=@model.pt ...)",
             )  # fmt: skip
-        config = parse_config(form.fields, form.repeated)
+        config, callback_url = parse_config(form.fields, form.repeated)
+        callback = callback_for(tenant, callback_url, settings)
         try:
             # the directory only (bounded reads, nothing inflated), against the operator's
             # limits; inflation happens in the sandboxed child
@@ -167,6 +205,7 @@ async def submit(
         config=config.normalized(),
         input_format=fmt,
         input_bytes=form.model_bytes,
+        callback=callback,
     )
     record = await run_in_threadpool(jobs.create, record)
     try:
