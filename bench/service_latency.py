@@ -1,10 +1,16 @@
 """Service latency in both running modes (a benchmark, not a test).
 
 - queue latency: submit -> `running` (the record's started_at - created_at) with an idle worker
-- status polls: p50/p95 of `GET /jobs/{id}` under 50 concurrent pollers (httpx asyncio, loopback,
-  while the worker runs a job and writes its progress)
+- status polls: p50/p95/p99 of `GET /jobs/{id}` under 50 concurrent pollers (httpx asyncio,
+  loopback, while the worker runs a job and writes its progress)
+- status polls while uploads stream: p50/p99/max of `GET /jobs/{id}`, 50 pollers each polling
+  every `--upload-poll-interval` s while `--uploads` uploads of `--upload-mib` MiB stream at once
+  from another process (tests/service/upload_load.py; with Redis before any worker starts, so
+  the jobs stay queued; embedded without an input shape, so that the body is received, parsed
+  and detected, then refused with 422 instead of pruned on the same CPUs)
 
     python bench/service_latency.py [--jobs 5] [--pollers 50] [--requests 40] [--modes ...]
+                                    [--uploads 10] [--upload-mib 50] [--upload-poll-interval 0.5]
 
 Starts its own API and worker processes (the same harness as the end-to-end tests).
 """
@@ -37,6 +43,7 @@ from tests.service.harness import (
     wait_status,
     write_model,
 )
+from tests.service.upload_load import big_model, polls_during_uploads, upload_fields
 
 
 def pct(values: list[float], q: float) -> float:
@@ -102,8 +109,25 @@ def report_polls(what: str, url: str, job_id: str, args, interval: float = 0.0) 
     p50, p95, p99 = (pct(lat, q) * 1000 for q in (0.5, 0.95, 0.99))
     print(
         f"    status polls, {args.pollers} concurrent pollers ({what}): p50 {p50:.1f} ms, "
-        f"p95 {p95:.1f} ms, p99 {p99:.1f} ms; mean time in the API so far {server * 1000:.1f} ms"
+        f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {max(lat) * 1000:.1f} ms; mean time in the "
+        f"API so far {server * 1000:.1f} ms"
     )
+
+
+def report_upload_polls(mode: str, url: str, job_id: str, args, tmp: Path) -> None:
+    big, shape = big_model(tmp / "big.pt", args.upload_mib)
+    fields, _ = upload_fields(mode, shape)
+    result = polls_during_uploads(
+        url, job_id, big, uploads=args.uploads, fields=fields, pollers=args.pollers,
+        interval=args.upload_poll_interval,
+    )  # fmt: skip
+    print(
+        f"    status polls while {args.uploads} x {args.upload_mib} MiB uploads stream "
+        f"({args.pollers} pollers, each every {args.upload_poll_interval:g} s): {result.summary()}"
+    )
+    with client_for(url) as client:  # nothing left queued ahead of the queue-latency jobs
+        for job in client.get("/jobs", params={"limit": 100}).json()["items"]:
+            client.delete(f"/jobs/{job['id']}")
 
 
 def run_mode(mode: str, args, tmp: Path) -> None:
@@ -114,9 +138,12 @@ def run_mode(mode: str, args, tmp: Path) -> None:
     try:
         api, url = start_api(env, tmp)
         procs.append(api)
+        print(f"{mode}:")
+        with client_for(url) as client:
+            polled = submit(client, model, sparsity=0.5, iterations=2).json()["id"]
+        report_upload_polls(mode, url, polled, args, tmp)
         if mode == "redis":
             procs.append(start_worker(env, tmp))
-        print(f"{mode}:")
         lat = queue_latency(url, model, args.jobs)
         median, worst = statistics.median(lat) * 1000, max(lat) * 1000
         print(f"    queue latency submit->running, {len(lat)} jobs: median {median:.0f} ms, "
@@ -142,6 +169,14 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument("--requests", type=int, default=20, help="polls per poller")
     parser.add_argument("--modes", nargs="+", default=["embedded", "redis"])
+    parser.add_argument("--uploads", type=int, default=10, help="concurrent uploads")
+    parser.add_argument("--upload-mib", type=int, default=50, help="size of each upload")
+    parser.add_argument(
+        "--upload-poll-interval",
+        type=float,
+        default=0.5,
+        help="seconds between one poller's polls while the uploads stream",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:

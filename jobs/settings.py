@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     webhook_url_max_length: int = Field(
         2048, ge=16, description="longest `callback_url` accepted (longer: 422)"
     )
+    webhook_ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that webhook receivers' TLS certificates are checked "
+        "against, for receivers with a private CA (default: certifi's public CAs)",
+    )
     webhook_poll_interval: float = Field(
         1.0, gt=0, description="seconds between a worker's looks for webhooks due"
     )

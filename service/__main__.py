@@ -7,11 +7,14 @@ import argparse
 import sys
 
 from service.cli import register
+from synflow.client.cli import register as register_remote
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service")
-    register(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    register_remote(sub)
     args = parser.parse_args(argv)
     return args.handler(args)
 

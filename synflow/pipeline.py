@@ -26,7 +26,7 @@ from synflow.device import check_device
 from synflow.engine import CancelCheck, ProgressCallback, PruneResult, apply_masks, prune
 from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
-from synflow.io.atomic import write_atomically
+from synflow.io.atomic import first_missing, write_atomically
 from synflow.io.limits import InputLimits
 from synflow.io.loader import load_model
 from synflow.model import LoadedModel
@@ -76,7 +76,7 @@ def prune_file(
 
     A failed run leaves no folder behind that it created (a folder that existed is kept)."""
     out = Path(out_dir)
-    created = _first_missing(out)
+    created = first_missing(out)
     try:
         return _prune_into(
             model_path, config, out, device, precision, progress, should_cancel, limits
@@ -85,16 +85,6 @@ def prune_file(
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of `path` that does not exist yet (what mkdir(parents) creates)."""
-    missing = None
-    for folder in [path, *path.parents]:
-        if folder.exists():
-            break
-        missing = folder
-    return missing
 
 
 def _prune_into(

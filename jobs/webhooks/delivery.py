@@ -5,9 +5,13 @@ failed attempt), each phase bounded by `webhook_timeout` and at most
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
+import certifi
 import httpx
 
 from jobs.settings import Settings
@@ -57,6 +61,13 @@ def attempt(url: str, body: bytes, headers: dict[str, str], settings: Settings) 
     return Attempt(False, error=error)
 
 
+@cache
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """One verifying TLS context per CA bundle for every attempt (building one costs ~0.1 s
+    of CPU)."""
+    return ssl.create_default_context(cafile=str(ca_file or certifi.where()))
+
+
 def _post(
     target: Target, url: str, body: bytes, headers: dict[str, str], settings: Settings
 ) -> tuple[int, str | None, str]:
@@ -73,7 +84,10 @@ def _post(
     # the checked address
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     with httpx.Client(
-        timeout=httpx.Timeout(settings.webhook_timeout), follow_redirects=False, trust_env=False
+        timeout=httpx.Timeout(settings.webhook_timeout),
+        follow_redirects=False,
+        trust_env=False,
+        verify=tls_context(settings.webhook_ca_file),
     ) as client:
         request = client.build_request(
             "POST", url, content=body, headers=request_headers, extensions=extensions

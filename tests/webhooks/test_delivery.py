@@ -8,10 +8,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import ssl
 import time
 import uuid
 
 import pytest
+import trustme
 
 from jobs.job_object import JobOut
 from jobs.logs import JsonFormatter, ScopeFilter
@@ -181,6 +183,50 @@ def test_a_host_name_on_the_allow_list_may_be_loopback(store, receiver, tmp_path
     assert callback.status == "delivered", callback
     [got] = receiver.at(path)
     assert got.headers["host"] == f"localhost:{receiver.port}"
+
+
+@pytest.fixture(scope="module")
+def tls_ca(tmp_path_factory):
+    ca = trustme.CA()
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return ca, bundle
+
+
+def tls_receiver(ca, name: str) -> Receiver:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(name).configure_cert(context)
+    return Receiver(tls=context)
+
+
+def test_https_checks_the_certificate_against_the_host_name(store, tls_ca, tmp_path):
+    """The connection goes to the checked address, yet TLS is checked against the name in the
+    URL (SNI): a certificate for that name passes, one for another name does not."""
+    ca, bundle = tls_ca
+    settings = make_settings(tmp_path, webhook_allow="localhost", webhook_ca_file=bundle)
+    with tls_receiver(ca, "localhost") as good, tls_receiver(ca, "other.example") as wrong:
+        path = f"/ok/{uuid.uuid4()}"
+        job_id = ended_job(store, f"https://localhost:{good.port}{path}")
+        assert settle(store, settings, job_id).status == "delivered"
+        [got] = good.at(path)
+        verify(got.headers, got.body, SECRET)
+        assert got.headers["host"] == f"localhost:{good.port}"
+        job_id = ended_job(store, f"https://localhost:{wrong.port}{path}")
+        callback = settle(
+            store,
+            make_settings(
+                tmp_path, webhook_attempts=1, webhook_allow="localhost", webhook_ca_file=bundle
+            ),
+            job_id,
+        )
+        assert callback.status == "failed" and "CERTIFICATE_VERIFY_FAILED" in callback.last_error
+        assert wrong.at(path) == []
+    # the default CAs (certifi's) do not know this test CA
+    with tls_receiver(ca, "localhost") as untrusted:
+        job_id = ended_job(store, f"https://localhost:{untrusted.port}{path}")
+        settings = make_settings(tmp_path, webhook_attempts=1, webhook_allow="localhost")
+        callback = settle(store, settings, job_id)
+        assert callback.status == "failed" and "CERTIFICATE_VERIFY_FAILED" in callback.last_error
 
 
 def test_a_redirect_is_not_followed(store, receiver, tmp_path):
