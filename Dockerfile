@@ -22,8 +22,10 @@ COPY worker ./worker
 RUN pip install .
 
 USER synflow
+# MPLCONFIGDIR: matplotlib's font cache (report.png) on the tmpfs, the root being read-only
 ENV SYNFLOW_DATA_DIR=/data \
     SYNFLOW_ARTIFACTS_DIR=/data/artifacts \
-    SYNFLOW_SCRATCH_DIR=/scratch
+    SYNFLOW_SCRATCH_DIR=/scratch \
+    MPLCONFIGDIR=/tmp/matplotlib
 EXPOSE 8000
 CMD ["synflow", "serve", "--host", "0.0.0.0", "--port", "8000"]

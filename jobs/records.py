@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
-ARTIFACTS: tuple[str, ...] = ("masks", "weights", "model", "report")
+ARTIFACTS: tuple[str, ...] = ("masks", "weights", "model", "report", "report.png")
 
 
 def utcnow() -> datetime:

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="tenant -> SHA-256 hex of its API key (JSON); empty = open, tenant 'default'",
     )
+    metrics_key: str | None = Field(
+        None,
+        description="SHA-256 hex of the bearer token `GET /metrics` requires (tenants' API keys "
+        "do not open it); unset: /metrics is open",
+    )
     allow_anonymous: bool = Field(
         False,
         description="serve without API keys on a non-loopback address (refused otherwise)",
@@ -236,6 +241,11 @@ class Settings(BaseSettings):
         0.1, gt=0, description="seconds between looks at the embedded (filesystem) broker"
     )
     log_level: str = Field("info", description="log level of the API and the worker")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object per log line from the API and the workers, with "
+        "`request_id`, `job_id` and `tenant` when known (jobs/logs.py)",
+    )
 
     # --- sandbox of the pruning child (docs/sandbox.md) ----------------------------------------
     sandbox_memory_bytes: int = Field(
@@ -339,6 +349,18 @@ class Settings(BaseSettings):
                     "(64 hex characters), not the key itself"
                 )
         return {tenant: digest.lower() for tenant, digest in value.items()}
+
+    @field_validator("metrics_key")
+    @classmethod
+    def _metrics_hash(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower()):
+            raise ValueError(
+                "metrics_key must be the SHA-256 hex digest of the /metrics token (64 hex "
+                "characters), not the token itself"
+            )
+        return value.lower()
 
     @field_validator("webhook_secrets")
     @classmethod

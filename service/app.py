@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from jobs.queue import JobQueue
 from jobs.settings import Settings
@@ -13,6 +14,7 @@ from jobs.stores.artifacts import ArtifactStore
 from service import problems
 from service.metrics import Metrics, MetricsMiddleware
 from service.ratelimit import make_rate_limiter
+from service.request_id import RequestIdMiddleware
 from service.routes import health, jobs, prune
 from synflow import __version__
 
@@ -20,7 +22,10 @@ from synflow import __version__
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.getLogger("service").setLevel(settings.log_level.upper())
-    app = FastAPI(
+    # /docs and /redoc from assets in the fastapi-offline package (no CDN: they load offline);
+    # no validator badge either, which Swagger UI would fetch from validator.swagger.io
+    app = FastAPIOffline(
+        swagger_ui_parameters={"validatorUrl": None},
         title="SynFlow pruning service",
         version=__version__,
         description="Upload a TorchScript or ONNX model, get it pruned at initialisation "
@@ -36,9 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.artifacts.remove_stale_uploads()
     app.state.queue = JobQueue(settings)
     app.state.rate_limiter = make_rate_limiter(settings)
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(app.state.jobs, settings.artifacts_path)
     problems.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # the outermost: every response and line has it
     app.include_router(prune.router)
     app.include_router(jobs.router)
     app.include_router(health.router)

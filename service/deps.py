@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from jobs import logs
 from jobs.queue import JobQueue
 from jobs.records import JobRecord
 from jobs.settings import Settings
@@ -54,6 +55,7 @@ async def get_tenant(request: Request, settings: SettingsDep) -> str:
     """The tenant whose key the caller presents; with no keys configured, everyone is
     `default` (embedded development mode)."""
     if not settings.api_keys:
+        logs.bind(tenant=DEFAULT_TENANT)
         return DEFAULT_TENANT
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -65,10 +67,27 @@ async def get_tenant(request: Request, settings: SettingsDep) -> str:
             tenant = name
     if tenant is None:
         raise _unauthorized("the API key is not valid")
+    logs.bind(tenant=tenant)
     return tenant
 
 
 CurrentTenant = Annotated[str, Depends(get_tenant)]
+
+
+async def check_metrics_access(request: Request, settings: SettingsDep) -> None:
+    """`GET /metrics` with `SYNFLOW_METRICS_KEY` set: only its token opens it (the metrics
+    cover every tenant, so no tenant's API key does)."""
+    if settings.metrics_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send the metrics token as `Authorization: Bearer <token>`")
+    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    if not hmac.compare_digest(digest, settings.metrics_key):
+        raise _unauthorized("the metrics token is not valid")
+
+
+MetricsAccess = Depends(check_metrics_access)
 
 
 def not_found(job_id: str) -> ProblemError:
@@ -84,6 +103,7 @@ def get_owned_job(job_id: str, tenant: CurrentTenant, jobs: JobStoreDep) -> JobR
         record = None
     if record is None or record.tenant != tenant:
         raise not_found(job_id)
+    logs.bind(job_id=job_id)
     return record
 
 

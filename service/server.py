@@ -19,6 +19,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
+from jobs.logs import json_logging_config
 from jobs.settings import Settings
 from service.problems import MEDIA_TYPE
 
@@ -179,8 +180,9 @@ def protocol_for(settings: Settings) -> type[BoundedH11Protocol]:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of `uvicorn.run` / `uvicorn.Config` for `synflow serve`."""
-    return {
+    """Keyword arguments of `uvicorn.run` / `uvicorn.Config` for `synflow serve` (JSON log
+    lines with `SYNFLOW_LOG_FORMAT=json`, jobs/logs.py)."""
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
@@ -189,3 +191,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.http_keepalive_timeout,
         "ws": "none",
     }
+    if settings.log_format == "json":
+        options["log_config"] = json_logging_config(settings.log_level)
+    return options

@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
@@ -99,6 +100,7 @@ def _progress_bar(total: int):
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from synflow.pipeline import prune_file
+    from synflow.plot import REPORT_PNG, write_report_png
 
     config = config_from_args(args)
     report = prune_file(
@@ -110,6 +112,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         progress=_progress_bar(config.resolved_iterations),
         calibration=args.calibration,
     )
+    write_report_png(report, Path(args.out) / REPORT_PNG)
     totals = report["totals"]
     print(
         f"kept {totals['kept']:,} of {totals['prunable']:,} prunable weights "

@@ -68,6 +68,11 @@ class PrunableTensor:
     layer_type: str  # e.g. "Conv2d"
     role: str  # "weight" | "embedding" | "bias" | "norm_weight" | "norm_bias"
     op: str = ""  # the aten op that uses it in that role (op-based discovery only)
+    #: graph formats whose parameters are named initializers (ONNX): the first node, in graph
+    #: order, that uses it in that role (its name in the file) and that node's op type, so that
+    #: a key like `onnx::Conv_214` can be traced to its layer
+    node: str = ""
+    op_type: str = ""
 
 
 @dataclass(frozen=True)

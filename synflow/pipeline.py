@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from synflow.calibration import load_calibration
 from synflow.config import PruneConfig
 from synflow.device import check_device
-from synflow.engine import CancelCheck, ProgressCallback, apply_masks, prune
+from synflow.engine import CancelCheck, ProgressCallback, PruneResult, apply_masks, prune
 from synflow.feed import forward_failure, model_dtype, runs_on
 from synflow.flops import count_positions
 from synflow.granularity import CHANNEL
@@ -39,6 +39,17 @@ from synflow.scorers.registry import scorer_spec
 MASKS = "masks.safetensors"
 WEIGHTS = "weights.safetensors"
 REPORT = "report.json"
+
+
+#: the masks file's metadata entry mapping each key to the graph node that uses it (ONNX)
+NODES_METADATA = "synflow.nodes"
+
+
+def masks_metadata(result: PruneResult) -> dict[str, str] | None:
+    """`{NODES_METADATA: JSON {key: {"node": name, "op_type": type}}}` where the keys are graph
+    initializers (ONNX), else None; safetensors metadata values are strings."""
+    nodes = {t.key: {"node": t.node, "op_type": t.op_type} for t in result.tensors if t.node}
+    return {NODES_METADATA: json.dumps(nodes, sort_keys=True)} if nodes else None
 
 
 def published_state(model: LoadedModel) -> dict[str, torch.Tensor]:
@@ -139,7 +150,8 @@ def _prune_into(
             ) from exc
 
     masks = {k: v.contiguous() for k, v in result.masks.items()}
-    write_atomically(out / MASKS, lambda p: save_file(masks, str(p)))
+    metadata = masks_metadata(result)
+    write_atomically(out / MASKS, lambda p: save_file(masks, str(p), metadata=metadata))
     write_atomically(out / WEIGHTS, lambda p: save_file(published_state(model), str(p)))
     model_files = model.save(out)
 

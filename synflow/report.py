@@ -31,6 +31,8 @@ def layer_rows(result: PruneResult, shapes: dict[str, tuple[int, ...]], position
             "kept": kept,
             "density": kept / total if total else 1.0,
         }
+        if t.node:  # ONNX: the node that uses the initializer, as the file names it
+            row["node"], row["op_type"] = t.node, t.op_type
         uses = positions.get(t.key)
         if uses is not None and t.role == "weight":
             row["flops_dense"] = 2 * uses * total

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import worker_ready
+from celery.signals import setup_logging, worker_ready
 
 from jobs.queue import make_celery
 from jobs.settings import Settings
@@ -23,6 +23,15 @@ app.conf.include = ["worker.tasks"]
 context = WorkerContext(settings)
 
 log = logging.getLogger("worker")
+
+if settings.log_format == "json":
+
+    @setup_logging.connect
+    def _json_logging(loglevel=None, **_: object) -> None:
+        """Celery's lines and ours as JSON (a receiver here replaces Celery's own setup)."""
+        from jobs.logs import configure_json_logging
+
+        configure_json_logging(settings.log_level)
 
 
 @worker_ready.connect

@@ -14,7 +14,7 @@ from jobs import lifecycle
 from jobs.records import JobRecord
 from worker.confinement import CHILD_LOG
 from worker.context import WorkerContext
-from worker.outputs import InvalidOutput, check_artifacts, summarize
+from worker.outputs import InvalidOutput, check_artifacts, draw_artifacts, summarize
 from worker.redaction import redact
 from worker.sandbox import read_scratch_file
 from worker.supervise import ChildRun
@@ -93,6 +93,7 @@ def conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Path
         return "failed"
     try:
         files, report = check_artifacts(scratch, record.input_format)
+        drawn = draw_artifacts(report)
     except (InvalidOutput, OSError, ValueError, KeyError) as exc:
         detail = redact(str(exc), places)
         error = lifecycle.problem("invalid_output", "Invalid output", detail, status=500)
@@ -104,8 +105,8 @@ def conclude(ctx: WorkerContext, record: JobRecord, run: ChildRun, scratch: Path
     if current.cancel_requested:
         lifecycle.finish(ctx.jobs, job_id, run_id, "canceled", progress=run.progress)
         return "canceled"
-    published = ctx.artifacts.publish(job_id, scratch / "out", files)
-    size = sum((published / name).stat().st_size for name in files)
+    published = ctx.artifacts.publish(job_id, scratch / "out", files, drawn)
+    size = sum((published / name).stat().st_size for name in [*files, *drawn])
     done = lifecycle.finish(
         ctx.jobs, job_id, run_id, "succeeded", result=summarize(report), progress=run.progress,
         artifact_bytes=size,

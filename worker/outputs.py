@@ -1,6 +1,7 @@
 """What the child leaves in scratch, read as untrusted: control files (progress, outcome) and
 the artifacts, checked to be plain files (no links: the child owned scratch and could have
-planted them), complete and consistent before anything is published."""
+planted them), complete and consistent before anything is published; and what the worker
+draws from the checked report (report.png)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from jobs.stores.artifacts import ARTIFACT_FILES
+from jobs.stores.artifacts import ARTIFACT_FILES, DRAWN_FILES
 from synflow.io.formats import model_file
 from worker.sandbox import read_scratch_file
 
@@ -79,6 +80,14 @@ def check_artifacts(scratch: Path, fmt: str) -> tuple[list[str], dict[str, Any]]
             raise InvalidOutput(f"mask {name} has the wrong dtype or shape")
     safetensors_header(_head(out / ARTIFACT_FILES["weights"]), ARTIFACT_FILES["weights"])
     return files, report
+
+
+def draw_artifacts(report: dict[str, Any]) -> dict[str, bytes]:
+    """The files drawn from the checked report, here outside the sandbox (it reads only the
+    report's JSON); a report that cannot be drawn is invalid output (ReportError)."""
+    from synflow.plot import report_png
+
+    return {DRAWN_FILES["report.png"]: report_png(report)}
 
 
 def _head(path: Path) -> bytes:

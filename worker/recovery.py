@@ -28,7 +28,10 @@ def requeue_stale_jobs(ctx: WorkerContext) -> list[str]:
         if lifecycle.requeue_if_stale(ctx.jobs, record.id, ctx.settings.heartbeat_timeout):
             ctx.queue.enqueue(record.id)
             moved.append(record.id)
-            log.warning("job %s: its worker %s went silent; requeued", record.id, record.worker)
+            log.warning(
+                "job %s: its worker %s went silent; requeued", record.id, record.worker,
+                extra={"job_id": record.id, "tenant": record.tenant},  # JSON log fields
+            )  # fmt: skip
     return moved
 
 

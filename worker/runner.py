@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from jobs import lifecycle, retention
+from jobs.logs import log_scope
 from jobs.records import JobRecord
 from jobs.stores.private import DIR_MODE, private_dir
 from worker import scratch as scratch_folder
@@ -46,14 +47,15 @@ def execute(job_id: str, ctx: WorkerContext) -> str | None:
     if record is None or record.run_id is None:
         log.debug("message %s: no queued job may start now", job_id)
         return None
-    try:
-        return _run(record, ctx)
-    finally:
+    with log_scope(job_id=record.id, tenant=record.tenant):  # on every line of the job
         try:
-            ended(record)
-        except Exception:  # the file stays until the job expires; the job's outcome stands
-            log.exception("job %s: could not delete its upload", record.id)
-        wake_for_waiting_jobs(ctx, record.id)
+            return _run(record, ctx)
+        finally:
+            try:
+                ended(record)
+            except Exception:  # the file stays until the job expires; the job's outcome stands
+                log.exception("job %s: could not delete its upload", record.id)
+            wake_for_waiting_jobs(ctx, record.id)
 
 
 def wake_for_waiting_jobs(ctx: WorkerContext, ended_id: str) -> None:

@@ -68,6 +68,9 @@ class JobStore(Protocol):
     def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` jobs that ended before `cutoff`, oldest first (expiry)."""
 
+    def stats(self) -> dict[tuple[str, ...], float]:
+        """The job statistics (jobs/stores/job_stats.py), added to by every change."""
+
     def callbacks_due(self, now: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` ended jobs whose webhook is pending and due by `now`, the
         longest due first (jobs/webhooks/)."""

@@ -7,7 +7,8 @@ Layout, derived only from server-generated job ids (never from client-supplied n
     <root>/jobs/<id>/calibration      its calibration data, when it came with some
     <root>/jobs/<id>/artifacts/       masks.safetensors, weights.safetensors, the model (named
                                       by the format registry, synflow.io.formats: model.pt,
-                                      model.onnx, ...), report.json; appears whole (one rename)
+                                      model.onnx, ...), report.json, report.png (drawn by the
+                                      worker); appears whole (one rename)
 
 Every file is stored mode 0600 and every folder 0700 (jobs/stores/private.py): only the
 service's user reads them; a job reads its own input only, through the sandbox's grant.
@@ -22,18 +23,21 @@ import time
 import uuid
 from pathlib import Path
 
-from jobs.stores.private import DIR_MODE, private_dir, private_file
+from jobs.stores.private import DIR_MODE, FILE_MODE, private_dir, private_file
 from synflow.io.formats import model_file
 
+#: what the job writes (besides its model file)
 ARTIFACT_FILES = {
     "masks": "masks.safetensors",
     "weights": "weights.safetensors",
     "report": "report.json",
 }
+#: what the worker draws from the checked report, outside the sandbox (synflow/plot.py)
+DRAWN_FILES = {"report.png": "report.png"}
 
 
 def artifact_file(name: str, fmt: str) -> str:
-    return model_file(fmt) if name == "model" else ARTIFACT_FILES[name]
+    return model_file(fmt) if name == "model" else {**ARTIFACT_FILES, **DRAWN_FILES}[name]
 
 
 def _checked(job_id: str) -> str:
@@ -85,8 +89,11 @@ class ArtifactStore:
         os.replace(upload, target)
         return target
 
-    def publish(self, job_id: str, source: Path, files: list[str]) -> Path:
-        """Copy `files` from `source` into the job's artifacts; all appear at once or none."""
+    def publish(
+        self, job_id: str, source: Path, files: list[str], drawn: dict[str, bytes] | None = None
+    ) -> Path:
+        """Move `files` from `source` and write the `drawn` ones (name -> bytes) into the
+        job's artifacts; all appear at once or none."""
         final = self.artifacts_dir(job_id)
         staging = final.with_name(f".artifacts-{uuid.uuid4().hex}.partial")
         private_dir(final.parent)
@@ -96,6 +103,10 @@ class ArtifactStore:
             for name in files:
                 shutil.move(source / name, staging / name)
                 private_file(staging / name)
+            for name, data in (drawn or {}).items():
+                fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging, final)

@@ -11,8 +11,10 @@ import contextlib
 import os
 from pathlib import Path
 
-#: every stored file (upload, record database, artifact)
-FILE_MODE = 0o600
+from synflow.io.atomic import FILE_MODE, set_file_mode
+
+__all__ = ["DIR_MODE", "FILE_MODE", "create_private_file", "private_dir", "private_file"]
+
 #: every folder the service creates for what it stores
 DIR_MODE = 0o700
 
@@ -33,12 +35,9 @@ def private_dir(path: Path) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Give an existing file FILE_MODE (never following a link)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
+    """Give an existing file FILE_MODE (never following a link): the artifacts' mode
+    (synflow/io/atomic.py), one for everything stored."""
+    set_file_mode(path)
     return Path(path)
 
 

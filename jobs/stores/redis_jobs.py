@@ -12,6 +12,7 @@ Keys (all under the configured prefix):
     tenants           sorted set of tenants by the turn of their last start (round-robin,
                       jobs/scheduling.py), turns from the counter `turn`
     finished          sorted set of ended job ids by when they ended (epoch seconds; expiry)
+    stats             hash: job statistics for /metrics (jobs/stores/job_stats.py)
     callbacks         sorted set of ended job ids whose webhook is pending, by when it is due
 
 Records written before these indexes existed (an upgrade) are indexed once, by the first process
@@ -34,7 +35,7 @@ import redis
 
 from jobs.records import JobRecord
 from jobs.scheduling import pick_tenant
-from jobs.stores import Change, TenantUsage
+from jobs.stores import Change, TenantUsage, job_stats
 
 #: what `indexes` holds once every record is indexed
 INDEX_VERSION = "1"
@@ -86,6 +87,10 @@ class RedisJobStore:
         return f"{self.prefix}finished"
 
     @property
+    def _stats(self) -> str:
+        return f"{self.prefix}{job_stats.REDIS_KEY}"
+
+    @property
     def _callbacks(self) -> str:
         return f"{self.prefix}callbacks"
 
@@ -93,7 +98,7 @@ class RedisJobStore:
         self, pipe, old: JobRecord | None, new: JobRecord | None, usage: bool = True
     ) -> None:
         """Queue into `pipe` what moves a job's id from `old`'s indexes to `new`'s (and, with
-        `usage`, the change of the bytes its tenant holds)."""
+        `usage`, the change of the bytes its tenant holds and of the job statistics)."""
         record = new or old
         assert record is not None
         job_id, tenant = record.id, record.tenant
@@ -125,6 +130,8 @@ class RedisJobStore:
             delta = (getattr(new, size) if new else 0) - (getattr(old, size) if old else 0)
             if delta:
                 pipe.hincrby(self._usage_of(tenant), field, delta)
+        if usage:
+            job_stats.add_redis(pipe, self._stats, old, new)
 
     def ensure_indexes(self) -> None:
         """Index every record once, if this store predates the indexes; the bytes per tenant
@@ -312,6 +319,9 @@ class RedisJobStore:
         return self.client.zrangebyscore(
             self._finished, "-inf", f"({cutoff.timestamp()}", start=0, num=limit
         )
+
+    def stats(self) -> dict[tuple[str, ...], float]:
+        return job_stats.parse(self.client.hgetall(self._stats).items())
 
     def callbacks_due(self, now: datetime, limit: int) -> list[str]:
         return self.client.zrangebyscore(

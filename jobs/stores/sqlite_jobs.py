@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jobs.records import JobRecord
 from jobs.scheduling import pick_tenant
-from jobs.stores import Change, TenantUsage
+from jobs.stores import Change, TenantUsage, job_stats
 from jobs.stores.private import create_private_file, private_dir
 
 _SCHEMA = """
@@ -83,6 +83,7 @@ class SqliteJobStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            conn.execute(job_stats.SQLITE_SCHEMA)
             have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
             missing = {k: v for k, v in _ADDED_COLUMNS.items() if k not in have}
             for name, kind in missing.items():
@@ -118,11 +119,18 @@ class SqliteJobStore:
 
     def create(self, record: JobRecord) -> JobRecord:
         conn = self._connect()
-        cur = conn.execute(
-            "INSERT INTO jobs (id, tenant, status, data, input_bytes, artifact_bytes, finished, "
-            "callback_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.id, record.tenant, *_values(record)),
-        )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                "INSERT INTO jobs (id, tenant, status, data, input_bytes, artifact_bytes, "
+                "finished, callback_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.tenant, *_values(record)),
+            )
+            job_stats.add_sqlite(conn, None, record)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return record.model_copy(update={"seq": cur.lastrowid})
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -141,6 +149,7 @@ class SqliteJobStore:
         if new is None:
             return current
         conn.execute(f"UPDATE jobs SET {_COLUMNS} WHERE id = ?", (*_values(new), current.id))
+        job_stats.add_sqlite(conn, current, new)
         return new
 
     def update(self, job_id: str, change: Change) -> JobRecord | None:
@@ -221,6 +230,10 @@ class SqliteJobStore:
             (cutoff.timestamp(), limit),
         )
         return [row[0] for row in rows.fetchall()]
+
+    def stats(self) -> dict[tuple[str, ...], float]:
+        rows = self._connect().execute("SELECT field, value FROM job_stats").fetchall()
+        return job_stats.parse(rows)
 
     def callbacks_due(self, now: datetime, limit: int) -> list[str]:
         rows = self._connect().execute(

@@ -8,6 +8,7 @@ import logging
 import time
 
 from jobs.job_object import JobOut
+from jobs.logs import log_scope
 from jobs.records import JobRecord, utcnow
 from jobs.settings import Settings
 from jobs.stores import JobStore
@@ -49,15 +50,17 @@ def deliver_due(jobs: JobStore, settings: Settings) -> list[str]:
         if record is None or record.callback is None:
             continue  # another worker took it, or it is not due after all
         number = record.callback.attempts
-        try:
-            result = deliver(record, settings)
-        except Exception as exc:  # a bug here must not leave the attempt leased forever
-            log.exception("job %s: webhook attempt %d failed unexpectedly", job_id, number)
-            result = Attempt(False, error=f"internal error while sending: {type(exc).__name__}")
-        outbox.record_attempt(jobs, job_id, number, result, settings)
-        if result.delivered:
-            delivered.append(job_id)
-            log.info("job %s: webhook delivered (attempt %d)", job_id, number)
-        else:
-            log.warning("job %s: webhook attempt %d: %s", job_id, number, result.error)
+        with log_scope(job_id=job_id, tenant=record.tenant):  # on the JSON log lines
+            try:
+                result = deliver(record, settings)
+            except Exception as exc:  # a bug here must not leave the attempt leased forever
+                log.exception("job %s: webhook attempt %d failed unexpectedly", job_id, number)
+                error = f"internal error while sending: {type(exc).__name__}"
+                result = Attempt(False, error=error)
+            outbox.record_attempt(jobs, job_id, number, result, settings)
+            if result.delivered:
+                delivered.append(job_id)
+                log.info("job %s: webhook delivered (attempt %d)", job_id, number)
+            else:
+                log.warning("job %s: webhook attempt %d: %s", job_id, number, result.error)
     return delivered

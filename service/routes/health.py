@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
-from service.deps import ArtifactStoreDep, JobStoreDep, QueueDep
+from service.deps import ArtifactStoreDep, JobStoreDep, MetricsAccess, QueueDep
 from service.problems import problem_response, problem_responses
 
 router = APIRouter(tags=["health"])
@@ -42,8 +42,12 @@ async def readyz(jobs: JobStoreDep, artifacts: ArtifactStoreDep, queue: QueueDep
     "/metrics",
     summary="Prometheus metrics",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    dependencies=[MetricsAccess],
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **problem_responses(401),
+    },
 )
-def metrics(request: Request, jobs: JobStoreDep, artifacts: ArtifactStoreDep) -> Response:
-    request.app.state.metrics.observe_stores(jobs.usage_by_tenant(), artifacts.root)
+def metrics(request: Request) -> Response:
+    """Read from the stores at each scrape (service/metrics.py); in the threadpool."""
     return request.app.state.metrics.render()

@@ -24,7 +24,7 @@ from service.schemas import JobPage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-MEDIA_TYPES = {"report": "application/json"}
+MEDIA_TYPES = {"report": "application/json", "report.png": "image/png"}
 MAX_CURSOR_DIGITS = 18  # a job's sequence number is below 2**62
 
 

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from jobs import lifecycle
+from jobs import lifecycle, logs
 from jobs.job_object import JobOut
 from jobs.records import Callback, JobRecord
 from jobs.settings import Settings
@@ -207,6 +207,7 @@ async def submit(
     quotas.check_active_jobs(usage, settings)
     quotas.check_storage(usage, settings)
     job_id = str(uuid.uuid4())
+    logs.bind(job_id=job_id)
     upload = artifacts.upload_path(job_id)
     calibration_upload = artifacts.calibration_upload_path(job_id)
     try:
@@ -274,8 +275,6 @@ async def submit(
             503, "queue_unavailable", "Service unavailable",
             "the job queue cannot be reached; try again shortly", headers={"Retry-After": "5"},
         ) from exc  # fmt: skip
-    request.app.state.metrics.jobs_submitted.inc()
-    request.app.state.metrics.upload_bytes.inc(form.model_bytes + form.calibration_bytes)
     return JSONResponse(
         JobOut.of(record).model_dump(mode="json"),
         status_code=202,

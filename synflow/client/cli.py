@@ -179,7 +179,9 @@ def register(sub) -> None:
     download = _remote_parser(sub, "download", "download a job's artifacts", _cmd_download)
     download.add_argument("job_id")
     download.add_argument("--out", required=True, help="directory to write into (created)")
-    download.add_argument("--artifact", choices=["masks", "weights", "model", "report"])
+    download.add_argument(
+        "--artifact", choices=["masks", "weights", "model", "report", "report.png"]
+    )
 
     jobs = _remote_parser(sub, "jobs", "list your jobs, newest first", _cmd_jobs)
     jobs.add_argument("--limit", type=int, default=20, help="page size")

@@ -352,7 +352,7 @@ class InitializerUse:
 
     initializer: str
     node: int  # index in the uploaded graph
-    node_name: str  # the node's name in the uploaded graph (for reports)
+    node_name: str  # the node's name in the uploaded graph, `node_<index>` if it has none
     op_type: str
     role: str  # "weight" | "bias" | "norm_weight" | "norm_bias"
 
@@ -588,7 +588,15 @@ def _find(
         if wanted[use.role]:
             name = param_names[use.initializer]
             found.append(
-                PrunableTensor(use.initializer, name, use.node_name, use.op_type, use.role)
+                PrunableTensor(
+                    use.initializer,
+                    name,
+                    use.node_name,
+                    use.op_type,
+                    use.role,
+                    node=use.node_name,
+                    op_type=use.op_type,
+                )
             )
     return found
 

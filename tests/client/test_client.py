@@ -58,9 +58,10 @@ def test_prune_remote_end_to_end(service, tmp_path):
     assert isinstance(job.progress, Progress) and job.progress.iteration == 5
     assert job.config["sparsity"] == 0.9 and job.config["input_shape"] == list(SHAPE)
     assert job.finished_at >= job.started_at >= job.created_at
-    assert sorted(pruned.files) == ["masks", "model", "report", "weights"]
+    assert sorted(pruned.files) == ["masks", "model", "report", "report.png", "weights"]
     assert sorted(p.name for p in dest.iterdir()) == [
-        "masks.safetensors", "model.pt", "report.json", "weights.safetensors"]  # fmt: skip
+        "masks.safetensors", "model.pt", "report.json", "report.png", "weights.safetensors"
+    ]  # fmt: skip
     assert all(pruned.files[name].parent == dest for name in pruned.files)
     check_artifacts(pruned.files, small_cnn(), job.model_dump(mode="json"))
 

@@ -82,4 +82,4 @@ def test_the_python_client_in_five_lines_runs(readme_service, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("succeeded {'masks': ")
-    assert len(list((tmp_path / "pruned").iterdir())) == 4
+    assert len(list((tmp_path / "pruned").iterdir())) == 5  # report.png too

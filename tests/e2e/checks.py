@@ -1,4 +1,4 @@
-"""Checks of a succeeded job's four artifacts against the model that was uploaded."""
+"""Checks of a succeeded job's artifacts against the model that was uploaded."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ ARTIFACT_NAMES = {
     "weights": "weights.safetensors",
     "model": "model.pt",
     "report": "report.json",
+    "report.png": "report.png",
 }
 
 
@@ -70,7 +71,24 @@ def check_artifacts(paths: dict[str, Path], original: torch.nn.Module, job: dict
         assert layers[key]["kept"] == int(mask.sum()) and layers[key]["total"] == mask.numel()
     assert report["config"]["sparsity"] == sparsity
     assert report["input_shape"] == list(INPUT_SHAPE)
+    check_report_png(paths["report.png"], len(report["layers"]))
     result = job["result"]
     assert result["kept"] == kept and result["prunable"] == total
     assert result["sparsity"] == report["totals"]["sparsity"]
     assert [row["name"] for row in result["layers"]] == [row["name"] for row in report["layers"]]
+
+
+def check_report_png(path: Path, layers: int) -> None:
+    """A PNG that decodes, as wide as synflow/plot.py draws it and taller with more layers."""
+    from PIL import Image
+
+    from synflow.plot import DPI, HEADER_INCHES, INCHES_PER_LAYER, WIDTH_INCHES
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        width, height = image.size
+        assert image.format == "PNG"
+        assert width == int(WIDTH_INCHES * DPI)
+        assert height >= (HEADER_INCHES + INCHES_PER_LAYER * layers) * DPI

@@ -48,7 +48,7 @@ def post(client: httpx.Client, model: Path, **fields) -> dict:
 def download(client: httpx.Client, job: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     names = {"masks": "masks.safetensors", "weights": "weights.safetensors",
-             "model": "model.pt2", "report": "report.json"}  # fmt: skip
+             "model": "model.pt2", "report": "report.json", "report.png": "report.png"}  # fmt: skip
     paths = {}
     for name, link in job["links"]["artifacts"].items():
         response = client.get(link)

@@ -224,7 +224,8 @@ def test_remote_cli(service, model_file, tmp_path):
     out = tmp_path / "pruned"
     assert run_cli(service, "download", job["id"], "--out", str(out)).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "masks.safetensors", "model.pt", "report.json", "weights.safetensors"]  # fmt: skip
+        "masks.safetensors", "model.pt", "report.json", "report.png", "weights.safetensors"
+    ]  # fmt: skip
 
     assert run_cli(service, "delete", job["id"]).returncode == 0
     gone = run_cli(service, "cancel", job["id"])

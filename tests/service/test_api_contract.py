@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.settings import Settings, hash_key
 from service.app import create_app
@@ -210,7 +211,8 @@ def test_health_ready_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     text = client.get("/metrics").text
-    assert "synflow_jobs_submitted_total" in text
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["synflow_jobs_created"] == families["synflow_jobs_finished"] == "counter"
     assert 'synflow_http_requests_total{method="POST",route="/prune",status="422"}' in text
 
 

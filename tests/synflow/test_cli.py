@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -14,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from synflow.cli import main
+from synflow.io.atomic import FILE_MODE
+from tests.e2e.checks import check_report_png
 from tests.synflow import nets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +38,7 @@ def rescnn():
 
 
 @pytest.mark.parametrize("how", ["script", "trace"])
-def test_cli_prunes_and_writes_four_artifacts(tmp_path, rescnn, how):
+def test_cli_prunes_and_writes_the_artifacts(tmp_path, rescnn, how):
     model_path = _save(rescnn, tmp_path / "model.pt", how)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -48,8 +51,12 @@ def test_cli_prunes_and_writes_four_artifacts(tmp_path, rescnn, how):
     assert "prunable weights (sparsity 0.8998" in proc.stdout
     assert "FutureWarning" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "masks.safetensors", "model.pt", "report.json", "weights.safetensors"
+        "masks.safetensors", "model.pt", "report.json", "report.png", "weights.safetensors"
     ]  # fmt: skip
+    # one mode for every artifact, whatever wrote it (synflow/io/atomic.py)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == dict.fromkeys(
+        (p.name for p in out.iterdir()), FILE_MODE
+    )
 
     original = {k: v for k, v in rescnn.state_dict().items()}
     masks = load_file(out / "masks.safetensors")
@@ -82,6 +89,7 @@ def test_cli_prunes_and_writes_four_artifacts(tmp_path, rescnn, how):
     assert report["timing"]["wall_seconds"] > 0
     assert report["precision"] == "float32"
     assert report["scale"] is None and report["precision_note"] is None
+    check_report_png(out / "report.png", len(report["layers"]))
 
 
 def test_report_flags_collapsed_layers(tmp_path):

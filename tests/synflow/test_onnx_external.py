@@ -79,7 +79,8 @@ def test_cli_loose_files(exported, reference, tmp_path, capsys):
     assert main([*argv, "--iterations", str(ITERATIONS), "--out", str(out)]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in out.iterdir()) == [
-        "masks.safetensors", "model.onnx", "model.onnx.data", "report.json", "weights.safetensors"
+        "masks.safetensors", "model.onnx", "model.onnx.data", "report.json", "report.png",
+        "weights.safetensors",
     ]  # fmt: skip
     masks = load_file(str(out / "masks.safetensors"))
     assert sorted(masks) == sorted(reference["masks"])

@@ -97,6 +97,7 @@ def test_resnet18_cli_equals_torchscript_masks(tmp_path, capsys):
         "masks.safetensors",
         "model.pt2",
         "report.json",
+        "report.png",
         "weights.safetensors",
     ]
 

@@ -5,7 +5,9 @@ the job. The API and worker around it: tests/e2e/test_webhooks_e2e.py."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import ssl
 import time
 import uuid
@@ -14,6 +16,7 @@ import pytest
 import trustme
 
 from jobs.job_object import JobOut
+from jobs.logs import JsonFormatter, ScopeFilter
 from jobs.records import Callback, JobRecord, utcnow
 from jobs.settings import Settings
 from jobs.stores.redis_jobs import RedisJobStore
@@ -85,11 +88,20 @@ def settle(store, settings, job_id: str, timeout: float = 30) -> Callback:
     return wait_until(check, timeout, f"webhook of {job_id} still pending", every=0.02)
 
 
-def test_delivered_signed_and_recorded(store, receiver, tmp_path):
+def test_delivered_signed_and_recorded(store, receiver, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     settings = make_settings(tmp_path)
     path = f"/ok/{uuid.uuid4()}"
     job_id = ended_job(store, receiver.url(path))
-    callback = settle(store, settings, job_id)
+    lines = io.StringIO()  # the JSON log lines, formatted as they are emitted
+    handler = logging.StreamHandler(lines)
+    handler.addFilter(ScopeFilter())
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("worker").addHandler(handler)
+    try:
+        callback = settle(store, settings, job_id)
+    finally:
+        logging.getLogger("worker").removeHandler(handler)
     assert (callback.status, callback.attempts, callback.last_error) == ("delivered", 1, None)
     [got] = receiver.at(path)
     verify(got.headers, got.body, SECRET)
@@ -101,6 +113,9 @@ def test_delivered_signed_and_recorded(store, receiver, tmp_path):
     for key in ("id", "status", "config", "links", "created_at", "finished_at", "error"):
         assert body[key] == expected[key], key
     assert body["callback"]["url"] == callback.url and body["callback"]["attempts"] == 1
+    # the courier's line names the job and its tenant in JSON logs (jobs/logs.py)
+    (line,) = [json.loads(x) for x in lines.getvalue().splitlines() if "delivered" in x]
+    assert (line["job_id"], line["tenant"]) == (job_id, store.get(job_id).tenant)
 
 
 def test_a_500_is_retried_with_the_same_id(store, receiver, tmp_path):

@@ -130,9 +130,10 @@ def test_stored_files_are_private(tmp_path):
     source.mkdir()
     (source / "report.json").write_text("{}")
     (source / "report.json").chmod(0o644)
-    store.publish(job_id, source, ["report.json"])
+    store.publish(job_id, source, ["report.json"], {"report.png": b"drawn by the worker"})
     assert mode(store.input_path(job_id)) == 0o600
     assert mode(store.artifact_path(job_id, "report", "torchscript")) == 0o600
+    assert mode(store.artifact_path(job_id, "report.png", "torchscript")) == 0o600
     for folder in ("artifacts", "artifacts/uploads", "artifacts/jobs"):
         assert mode(tmp_path / folder) == 0o700, folder
     assert mode(store.job_dir(job_id)) == mode(store.artifacts_dir(job_id)) == 0o700

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from datetime import timedelta
 
 from jobs import lifecycle
+from jobs.logs import JsonFormatter
 from jobs.records import JobRecord, utcnow
 from jobs.settings import Settings
 from worker.context import WorkerContext
@@ -25,7 +27,7 @@ def running_job(ctx: WorkerContext) -> JobRecord:
     return lifecycle.claim(ctx.jobs, record.id, "w", 5, 3)
 
 
-def test_only_silent_jobs_are_requeued_and_published_again(tmp_path):
+def test_only_silent_jobs_are_requeued_and_published_again(tmp_path, caplog):
     ctx = make_ctx(tmp_path)
     alive, lost = running_job(ctx), running_job(ctx)
     old = utcnow() - timedelta(seconds=60)
@@ -35,6 +37,10 @@ def test_only_silent_jobs_are_requeued_and_published_again(tmp_path):
     assert ctx.jobs.get(alive.id).status == "running"
     queued = list((ctx.settings.broker_path / "queue").iterdir())
     assert len(queued) == 1 and queued[0].read_text().count(lost.id) >= 1
+    # the JSON log line of the requeue names the job and its tenant (jobs/logs.py)
+    (line,) = [r for r in caplog.records if "went silent" in r.getMessage()]
+    fields = json.loads(JsonFormatter().format(line))
+    assert fields["job_id"] == lost.id and fields["tenant"] == "t"
 
 
 def test_orphan_scratch_is_removed_live_runs_are_kept(tmp_path):

@@ -82,7 +82,8 @@ def test_a_crashing_child_fails_the_job_and_the_worker_carries_on(tmp_path, mode
     after = new_job(ctx, model_file, sparsity=0.5, iterations=3)
     assert execute(after, ctx) == "succeeded"
     assert sorted(p.name for p in ctx.artifacts.artifacts_dir(after).iterdir()) == [
-        "masks.safetensors", "model.pt", "report.json", "weights.safetensors"]  # fmt: skip
+        "masks.safetensors", "model.pt", "report.json", "report.png", "weights.safetensors"
+    ]  # fmt: skip
 
 
 def test_engine_errors_fail_the_job_with_the_engines_message(tmp_path, model_file):
