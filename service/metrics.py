@@ -120,7 +120,9 @@ def job_counters(stats: dict[tuple[str, ...], float]) -> Iterator[Metric]:
         "synflow_jobs_created", "Jobs accepted by POST /prune, per tenant", labels=["tenant"]
     )
     uploads = CounterMetricFamily(
-        "synflow_upload_bytes", "Bytes of accepted uploads (model and calibration data), per tenant", labels=["tenant"]
+        "synflow_upload_bytes",
+        "Bytes of accepted uploads (model and calibration data), per tenant",
+        labels=["tenant"],
     )
     finished = CounterMetricFamily(
         "synflow_jobs_finished",
