@@ -24,9 +24,7 @@ Writes `collapse.json` and `collapse.png` to `--out`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -170,15 +168,7 @@ def main() -> None:
         args.nets = [n for n in args.nets if NETS[n][1] == args.init]
     torch.set_num_threads(1)
     results = run(args)
-    results["seconds"] = time.perf_counter() - START
-    results["load_average"] = os.getloadavg()
-    results["cpus"] = os.cpu_count()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "collapse.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "collapse.png")
-    print(markdown(results))
-    print(f"{results['seconds']:.0f} s on {results['cpus']} CPUs, load average "
-          + ", ".join(f"{x:.1f}" for x in results["load_average"]))  # fmt: skip
+    D.publish(results, args.out, "collapse", START, markdown, plot)
 
 
 START = time.perf_counter()

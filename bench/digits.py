@@ -9,8 +9,12 @@ and the worker make; SNIP and GraSP get a calibration batch of 10 training image
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,3 +279,25 @@ def plot_lines(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def publish(
+    results: dict,
+    out: Path,
+    name: str,
+    started: float,
+    markdown: Callable[[dict], str],
+    plot: Callable[[dict, Path], None] | None = None,
+) -> None:
+    """Stamp a run's results with its wall time and the machine's load (figures from a shared
+    machine must say so), write `out/NAME.json` (and `NAME.png`), print the table."""
+    results["seconds"] = time.perf_counter() - started
+    results["load_average"] = os.getloadavg()
+    results["cpus"] = os.cpu_count()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    if plot is not None:
+        plot(results, out / f"{name}.png")
+    print(markdown(results))
+    print(f"{results['seconds']:.0f} s on {results['cpus']} CPUs, load average "
+          + ", ".join(f"{x:.1f}" for x in results["load_average"]))  # fmt: skip

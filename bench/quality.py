@@ -15,8 +15,6 @@ into `--out`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
@@ -113,15 +111,7 @@ def main() -> None:
         args.iterations = 10
     torch.set_num_threads(1)  # tiny networks: one thread is fastest, and polite on a shared CPU
     results = run(args)
-    results["seconds"] = time.perf_counter() - START
-    results["load_average"] = os.getloadavg()
-    results["cpus"] = os.cpu_count()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "quality.png")
-    print(markdown(results))
-    print(f"{results['seconds']:.0f} s on {results['cpus']} CPUs, load average "
-          + ", ".join(f"{x:.1f}" for x in results["load_average"]))  # fmt: skip
+    D.publish(results, args.out, "quality", START, markdown, plot)
 
 
 START = time.perf_counter()

@@ -13,8 +13,6 @@ accuracies and the paired difference (unshuffled - shuffled), writes `shuffle.js
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
@@ -76,14 +74,7 @@ def main() -> None:
         args.iterations = 10
     torch.set_num_threads(1)
     results = run(args)
-    results["seconds"] = time.perf_counter() - START
-    results["load_average"] = os.getloadavg()
-    results["cpus"] = os.cpu_count()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shuffle.json").write_text(json.dumps(results, indent=1))
-    print(markdown(results))
-    print(f"{results['seconds']:.0f} s on {results['cpus']} CPUs, load average "
-          + ", ".join(f"{x:.1f}" for x in results["load_average"]))  # fmt: skip
+    D.publish(results, args.out, "shuffle", START, markdown)
 
 
 START = time.perf_counter()
