@@ -1,0 +1,77 @@
+"""The weights still alive, as a compact index, so that late rounds cost what is alive.
+
+After round t of an exponential schedule only d^(t/n) of the weights are alive (10% from round 50
+on at d = 0.01), and pruned weights never come back. `AliveIndex` keeps, per prunable tensor,
+the positions of its alive weights in position order (int32: a tensor has fewer than 2^31
+entries) and one score buffer sized to them. A scoring pass then gathers each alive weight's
+score into that buffer (the linearised weights stay as they are), the selection runs on the
+buffer, and pruning zeroes only the newly pruned weights and mask entries: nothing after the
+backward pass touches the pruned ones again.
+
+Compact order is position order (tensor order, then element order), so ties broken by position
+in the compact buffer are broken by position in the model, and each tensor's alive weights are a
+contiguous slice (what zero-score tie spreading needs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class AliveIndex:
+    """Per-tensor alive positions and a score buffer sized to them (see the module docstring)."""
+
+    def __init__(self, masks: list[torch.Tensor]):
+        """`masks`: one bool tensor per prunable tensor (True = alive), in position order."""
+        flat = [m.reshape(-1) for m in masks]
+        self.totals = [m.numel() for m in flat]
+        self.positions = [torch.nonzero(m).squeeze(1).to(torch.int32) for m in flat]
+        self._buffer: torch.Tensor | None = None
+        self.views: list[torch.Tensor] = []
+
+    @property
+    def counts(self) -> list[int]:
+        """Alive weights per tensor."""
+        return [p.numel() for p in self.positions]
+
+    @property
+    def alive(self) -> int:
+        return sum(self.counts)
+
+    def prepare(self, dtype: torch.dtype) -> torch.Tensor:
+        """The score buffer (one slice per tensor in `views`), sized to the alive weights. It is
+        allocated once, at the first (largest) alive count, and reused as a prefix after."""
+        buffer = self._buffer
+        device = self.positions[0].device if self.positions else torch.device("cpu")
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < self.alive:
+            buffer = self._buffer = torch.empty(self.alive, dtype=dtype, device=device)
+        self.views, offset = [], 0
+        for n in self.counts:
+            self.views.append(buffer[offset : offset + n])
+            offset += n
+        return buffer[:offset]
+
+    def score(self, i: int, weight: torch.Tensor, grad: torch.Tensor) -> None:
+        """Score = weight * gradient for tensor i's alive entries, into its slice of the buffer
+        (|.| and the finiteness check run once on the whole buffer)."""
+        view, positions = self.views[i], self.positions[i]
+        torch.index_select(weight.detach().reshape(-1), 0, positions, out=view)
+        view.mul_(grad.reshape(-1).index_select(0, positions))
+
+    def prune(
+        self, keep: torch.Tensor, weights: list[torch.Tensor], masks: list[torch.Tensor]
+    ) -> None:
+        """Apply a selection: `keep` (bool over the compact buffer) says which alive entries stay.
+        The others become zero in `weights` and False in `masks` (flat views, one per tensor, in
+        place), and leave the index."""
+        offset = 0
+        for i, positions in enumerate(self.positions):
+            n = positions.numel()
+            stay = keep[offset : offset + n]
+            offset += n
+            gone = positions[~stay]
+            if gone.numel() == 0:
+                continue
+            weights[i][gone] = 0
+            masks[i][gone] = False
+            self.positions[i] = positions[stay]
