@@ -126,7 +126,6 @@ def work_ours(args) -> dict:
     import torch
 
     import synflow
-
     from synflow.config import PruneConfig
     from synflow.engine import prune
     from synflow.model import LoadedModel
