@@ -17,7 +17,10 @@ infinities.
 
 Memory: the live parameters hold the linearised weights, and the backward pass turns each prunable
 weight into its score as soon as its gradient is ready (then frees the gradient), so the scores
-cost no memory of their own; the next round rebuilds the weights from the saved originals.
+cost no memory of their own; the next round rebuilds the weights from the saved originals. Once
+few weights are alive (`COMPACT_BELOW`), `next_masks` switches to a compact index of them
+(`synflow.alive`): scores go to a buffer sized to the alive weights, the weights stay, and only
+newly pruned entries are zeroed.
 """
 
 from __future__ import annotations
