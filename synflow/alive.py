@@ -69,9 +69,10 @@ class AliveIndex:
             n = positions.numel()
             stay = keep[offset : offset + n]
             offset += n
-            gone = positions[~stay]
-            if gone.numel() == 0:
+            gone_at = torch.nonzero(~stay).squeeze(1)  # few: this round's share
+            if gone_at.numel() == 0:
                 continue
-            weights[i][gone] = 0
-            masks[i][gone] = False
+            gone = positions.index_select(0, gone_at).long()  # index_fill_ wants int64
+            weights[i].index_fill_(0, gone, 0.0)
+            masks[i].index_fill_(0, gone, False)
             self.positions[i] = positions[stay]

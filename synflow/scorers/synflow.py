@@ -55,9 +55,10 @@ MAX_EXPONENT = 1000
 #: rescales it (scores are about R / N; N up to 2^40 still leaves them normal).
 UNDERFLOW_LOG2 = -64.0
 #: `next_masks` switches to the compact alive index once at most this fraction of the weights is
-#: alive: gathering costs about twice a dense pass per entry, and the index and its score buffer
-#: (8 bytes an alive weight) then fit in the memory the dense rounds' transients already use.
-COMPACT_BELOW = 0.3
+#: alive (round 42 of 100 at sparsity 0.99): gathering costs about twice a dense pass per entry,
+#: and the index and its score buffer cost 8 bytes an alive weight on top of the dense rounds'
+#: memory, 0.3x the float32 parameter bytes here. A negative value keeps every round dense.
+COMPACT_BELOW = 0.15
 
 
 def output_sum(output: object) -> torch.Tensor:
