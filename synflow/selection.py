@@ -91,8 +91,12 @@ def select(
     return out
 
 
-#: Stratified sample size for bracketing the threshold; the result is exact whatever the sample.
+#: Largest stratified sample for bracketing the threshold; the result is exact whatever the sample.
 SAMPLE_SIZE = 1 << 17
+#: Smallest sample (unless SAMPLE_SIZE is smaller). Between the two the sample is N^(2/3) for N
+#: scores: sampling and sorting cost about m log m, the candidates left in the bracket about
+#: N / sqrt(m), so the sample grows slower than N and a small (compact) selection stays cheap.
+MIN_SAMPLE_SIZE = 1 << 11
 #: Width of the bracket around the sample quantile, in standard deviations of that quantile.
 BRACKET_SIGMAS = 5.0
 
@@ -250,10 +254,11 @@ def _threshold(
 def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[float, float]:
     """Bounds (lo, hi] that hold the q-quantile of the entries above the floor, from a sample."""
     total = sum(v.numel() for v in values)
+    size = min(SAMPLE_SIZE, max(MIN_SAMPLE_SIZE, round(total ** (2 / 3))))
     gen = torch.Generator().manual_seed(0)
     parts = []
     for v in values:
-        n = max(1, round(SAMPLE_SIZE * v.numel() / total))
+        n = max(1, round(size * v.numel() / total))
         idx = torch.randint(v.numel(), (min(n, v.numel()),), generator=gen).to(v.device)
         parts.append(v[idx].to("cpu", torch.float64))
     sample = torch.cat(parts)
