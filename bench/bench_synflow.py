@@ -1,7 +1,10 @@
 """SynFlow engine benchmark: our engine against the reference algorithm done the plain way.
 
     python bench/bench_synflow.py            # ResNet-50, VGG-16-BN, MLP-50M; 100 iterations
-    python bench/bench_synflow.py --quick    # small cases, 5 iterations (about a minute, idle CPU)
+    python bench/bench_synflow.py --quick    # 2 small cases, 5 iterations, no noise floor, no
+                                             # today's engine (under a minute on an idle CPU)
+    python bench/bench_synflow.py --device cuda    # our engine on the GPU (the rest on the CPU)
+    python bench/bench_synflow.py --against none   # skip today's engine (see --against)
     python bench/bench_synflow.py --scale    # linear stacks of 64M, 256M and 1.02B parameters
     python bench/bench_synflow.py --scale --sizes mlp:16000x5   # the 1B case alone
 
@@ -11,9 +14,16 @@ child imports everything and warms up on a toy model, records its resident size 
 footprint), resets the kernel's high-water mark (/proc/self/clear_refs), runs, and reports the
 high-water mark (VmHWM) minus the idle footprint.
 
-Per case it prints the wall time of our engine and of the baseline, their ratio, the peak memory
-of both above idle, the floor (one forward+backward pass of the linearised model in our engine's
-precision, times the iterations) and the intersection over union of the kept sets.
+Per case it prints the wall time of our engine, of *today's* engine (`--against REV`, default
+`main`: the `synflow/` package of that git revision, extracted to a temporary folder and run the
+same way, so that the speed-up and the memory of a change are measured in one run) and of the
+baseline, the floor (one float32 forward+backward pass of the linearised model, input scaled as
+our run scaled it, times the iterations), the ratios ours/floor and baseline/ours, the peak memory
+of each above idle, the per-layer kept-count gap to the float64 baseline (sum over layers of
+|kept_ours - kept_ref|, over the baseline's kept total), the same gap for a float64 run with the
+closest near-tie of round n/5 decided the other way (the noise floor: what one last-bit
+difference in arithmetic does), and the IoU of the kept sets. At the end it prints all of it as
+one markdown table.
 
 The baseline is the reference algorithm (ganguli-lab/Synaptic-Flow) written the straightforward
 way: a float64 copy of the model with every tensor replaced by its absolute value, an all-ones
@@ -115,6 +125,7 @@ def work_idle(args) -> dict:
 def work_ours(args) -> dict:
     import torch
 
+    import synflow
     from synflow.config import PruneConfig
     from synflow.engine import prune
     from synflow.model import LoadedModel
@@ -123,7 +134,7 @@ def work_ours(args) -> dict:
     model = LoadedModel("torchscript", module, Path(args.case))
     config = PruneConfig(sparsity=SPARSITY, input_shape=shape, iterations=args.iterations)
     started = time.perf_counter()
-    result = prune(model, config, precision=args.precision)
+    result = prune(model, config, device=args.device, precision=args.precision)
     seconds = time.perf_counter() - started
     torch.save(dict(result.masks), args.masks)
     return {
@@ -132,6 +143,7 @@ def work_ours(args) -> dict:
         "scale": result.scale,
         "note": result.precision_note,
         "params": sum(m.numel() for m in result.masks.values()),
+        "code": str(Path(synflow.__file__).parent),
     }
 
 
@@ -259,6 +271,8 @@ def peak_bytes() -> int:
 
 
 def child_main(args) -> None:
+    if args.code:  # another revision's synflow package (today's engine) before ours
+        sys.path.insert(0, args.code)
     warm_up()
     import gc
 
@@ -298,6 +312,30 @@ def iou(a_path: str, b_path: str) -> float:
     return inter / union if union else 1.0
 
 
+def layer_gap(a_path: str, ref_path: str) -> float:
+    """Per-layer kept-count gap: sum over layers of |kept_a - kept_ref|, over sum of kept_ref.
+    Per-layer densities are what training depends on (Frankle et al. 2021), not which element."""
+    import torch
+
+    a, ref = torch.load(a_path), torch.load(ref_path)
+    diff = sum(abs(int(a[k].sum()) - int(ref[k].sum())) for k in ref)
+    kept = sum(int(ref[k].sum()) for k in ref)
+    return diff / kept if kept else 0.0
+
+
+def today_code(rev: str, tmp: Path) -> str | None:
+    """The `synflow/` package of git revision `rev`, extracted under `tmp`; None for `none`."""
+    if rev == "none":
+        return None
+    folder = tmp / "today"
+    folder.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "synflow"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return str(folder)
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -306,18 +344,29 @@ def compare(
     case: str,
     iterations: int,
     tmp: Path,
-    sensitivity: bool = False,
+    sensitivity: bool = True,
     quick: bool = False,
+    today: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     ours_masks, base_masks = str(tmp / "ours.pt"), str(tmp / "base.pt")
-    ours = run_child("ours", case, iterations, masks=ours_masks, precision="auto")
+    ours = run_child("ours", case, iterations, masks=ours_masks, precision="auto", device=device)
+    old = None
+    if today is not None:
+        old_masks = str(tmp / "today.pt")
+        old = run_child(
+            "ours", case, iterations, masks=old_masks, precision="auto", code=today, device=device
+        )
+        if old["code"] == ours["code"]:
+            raise RuntimeError(f"today's engine ran from our own code ({ours['code']})")
     base = run_child("baseline", case, iterations, masks=base_masks)
-    noise_floor = swap = None
+    noise_floor = swap = gap_noise = None
     if sensitivity:
         probe_masks = str(tmp / "noise_floor.pt")
         swap_round = max(1, iterations // 5)
         probe = run_child("baseline", case, iterations, masks=probe_masks, swap_round=swap_round)
         noise_floor = iou(probe_masks, base_masks)
+        gap_noise = layer_gap(probe_masks, base_masks)
         kept, pruned = probe["swap"]
         swap = (swap_round, (kept - pruned) / kept)
     a = ours["scale"][0] if ours["scale"] else 0
@@ -336,6 +385,11 @@ def compare(
         "param_bytes": 4 * ours["params"],
         "iou": iou(ours_masks, base_masks),
         "iou_noise_floor": noise_floor,
+        "gap": layer_gap(ours_masks, base_masks),
+        "gap_noise_floor": gap_noise,
+        "today_s": old["seconds"] if old else None,
+        "today_peak": old["peak_bytes"] - old["idle_bytes"] if old else None,
+        "same_as_today": iou(ours_masks, old_masks) == 1.0 if old else None,
         "swap": swap,
         "precision": ours["precision"] + (f" x2^{ours['scale']}" if ours["scale"] else ""),
         "note": ours["note"],
@@ -358,6 +412,36 @@ def compare(
         flush=True,
     )
     return row
+
+
+def fmt(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def print_table(rows: list[dict]) -> None:
+    """Everything the issue asks for, one row per case, as a markdown table."""
+    head = (
+        "| case | params | it | ours | today | floor | reference | ours/floor | ref/ours "
+        "| today/ours | peak ours | peak today | peak ref | gap | gap noise floor | IoU "
+        "| IoU noise floor | masks = today's | precision |"
+    )
+    print("\n" + head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        today_ratio = r["today_s"] / r["ours_s"] if r["today_s"] else None
+        peaks = [mib(r["ours_peak"]), "-", mib(r["baseline_peak"])]
+        if r["today_peak"] is not None:
+            peaks[1] = mib(r["today_peak"])
+        print(
+            f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['iterations']} "
+            f"| {r['ours_s']:.1f} s | {fmt(r['today_s'], '.1f', ' s')} | {r['floor_s']:.1f} s "
+            f"| {r['baseline_s']:.1f} s | {r['ours_over_floor']:.2f} | {r['speedup']:.2f}x "
+            f"| {fmt(today_ratio, '.2f', 'x')} | {' | '.join(peaks)} "
+            f"| {r['gap']:.2%} | {fmt(r['gap_noise_floor'], '.2%')} | {r['iou']:.4f} "
+            f"| {fmt(r['iou_noise_floor'], '.4f')} | {fmt(r['same_as_today'], '')} "
+            f"| {r['precision']} |",
+            flush=True,
+        )
 
 
 def scale_mode(tmp: Path, iterations: int, sizes: list[str]) -> None:
@@ -383,10 +467,18 @@ def main() -> None:
     parser.add_argument("--cases", default=None, help="comma-separated case names")
     parser.add_argument(
         "--sensitivity",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="also run float64 with the closest near-tie of round iterations/5 decided the other "
-        "way: the IoU noise floor",
+        "way: the noise floor (default on, off with --quick)",
     )
+    parser.add_argument(
+        "--against",
+        default=None,
+        help="git revision whose synflow/ is today's engine, run the same way; none skips it "
+        "(default main, none with --quick)",
+    )
+    parser.add_argument("--device", default="cpu", help="device of our engine's runs")
     parser.add_argument("--sizes", default=None, help="scale mode: comma-separated mlp cases")
     # child-process options
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -396,6 +488,7 @@ def main() -> None:
     parser.add_argument("--input-exponent", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--swap-round", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--code", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         child_main(args)
@@ -424,13 +517,18 @@ def main() -> None:
             scale_mode(tmp, args.iterations or 100, sizes)
         else:
             if args.quick:
-                cases = "resnet50:32,vgg16_bn:cifar,mlp:1024x3"
+                cases = "resnet50:32,mlp:1024x3"
                 iterations = args.iterations or 5
             else:
                 cases = "resnet50:224,vgg16_bn,mlp:4096x4"
                 iterations = args.iterations or 100
-            for case in (args.cases or cases).split(","):
-                compare(case, iterations, tmp, args.sensitivity, args.quick)
+            sensitivity = not args.quick if args.sensitivity is None else args.sensitivity
+            today = today_code(args.against or ("none" if args.quick else "main"), tmp)
+            rows = [
+                compare(case, iterations, tmp, sensitivity, args.quick, today, args.device)
+                for case in (args.cases or cases).split(",")
+            ]
+            print_table(rows)
     print(f"load average at end {os.getloadavg()[0]:.2f}", flush=True)
 
 

@@ -207,8 +207,12 @@ def nm_split(
 
 
 def _next_masks(scorer: Scorer, masks: Masks, density: float, scope: str) -> Masks:
-    """Score, then select. Scorers that lend their own buffers (`score_borrowed`) avoid a copy of
-    every score; the masks of the previous round are reused as scratch space."""
+    """Score, then select. Scorers that run whole rounds themselves (`next_masks`: SynFlow's
+    compact alive index) do; scorers that lend their own buffers (`score_borrowed`) avoid a copy
+    of every score; the masks of the previous round are reused as scratch space."""
+    step = getattr(scorer, "next_masks", None)
+    if step is not None:
+        return step(masks, density, scope)
     borrowed = getattr(scorer, "score_borrowed", None)
     if borrowed is None:
         scores = scorer.score(masks)

@@ -49,10 +49,20 @@ def flat_buffer(
 class Masks(dict[str, torch.Tensor]):
     """Refuses anything but boolean tensors, and can report its own density."""
 
+    #: the kept count, when whoever last wrote the masks knows it (saves a pass over them)
+    _known_kept: int | None = None
+
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
         if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
             raise TypeError(f"mask {key!r} must be a bool tensor, got {type(value).__name__}")
+        self._known_kept = None
         super().__setitem__(key, value)
+
+    def with_kept(self, kept: int) -> Masks:
+        """These masks, stating their kept count (the writer that edited them in place knows
+        it); `kept` then costs nothing. Any later `masks[key] = ...` forgets it."""
+        self._known_kept = kept
+        return self
 
     @classmethod
     def dense(cls, tensors: dict[str, torch.Tensor]) -> Masks:
@@ -81,6 +91,8 @@ class Masks(dict[str, torch.Tensor]):
 
     @property
     def kept(self) -> int:
+        if self._known_kept is not None:
+            return self._known_kept
         flat = flat_view(list(self.values()))
         if flat is not None:
             return int(torch.count_nonzero(flat))

@@ -136,7 +136,16 @@ def log2_range(t: torch.Tensor) -> tuple[float, float] | None:
     """(log2 min non-zero |t|, log2 max |t|), or None when t has no non-zero finite element."""
     if t is None or not t.is_floating_point() or t.numel() == 0:
         return None
-    a = t.detach().abs()
+    t = t.detach()
+    low, high = (float(v) for v in torch.aminmax(t))
+    if low >= 0:  # (not NaN) the linearised network's values and gradients: no |.| copy
+        if high == 0.0:
+            return None
+        lo = low if low > 0 else float(torch.where(t > 0, t, math.inf).amin())
+        if not math.isfinite(high):
+            return (math.log2(lo) if math.isfinite(lo) else math.inf, math.inf)
+        return math.log2(lo), math.log2(high)
+    a = t.abs()
     hi = float(a.amax())
     if hi == 0.0:
         return None

@@ -91,8 +91,12 @@ def select(
     return out
 
 
-#: Stratified sample size for bracketing the threshold; the result is exact whatever the sample.
+#: Largest stratified sample for bracketing the threshold; the result is exact whatever the sample.
 SAMPLE_SIZE = 1 << 17
+#: Smallest sample (unless SAMPLE_SIZE is smaller). Between the two the sample is N^(2/3) for N
+#: scores: sampling and sorting cost about m log m, the candidates left in the bracket about
+#: N / sqrt(m), so the sample grows slower than N and a small (compact) selection stays cheap.
+MIN_SAMPLE_SIZE = 1 << 11
 #: Width of the bracket around the sample quantile, in standard deviations of that quantile.
 BRACKET_SIGMAS = 5.0
 
@@ -250,10 +254,11 @@ def _threshold(
 def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[float, float]:
     """Bounds (lo, hi] that hold the q-quantile of the entries above the floor, from a sample."""
     total = sum(v.numel() for v in values)
+    size = min(SAMPLE_SIZE, max(MIN_SAMPLE_SIZE, round(total ** (2 / 3))))
     gen = torch.Generator().manual_seed(0)
     parts = []
     for v in values:
-        n = max(1, round(SAMPLE_SIZE * v.numel() / total))
+        n = max(1, round(size * v.numel() / total))
         idx = torch.randint(v.numel(), (min(n, v.numel()),), generator=gen).to(v.device)
         parts.append(v[idx].to("cpu", torch.float64))
     sample = torch.cat(parts)
@@ -305,3 +310,42 @@ def _by_tensor(positions: torch.Tensor, values: list[torch.Tensor]):
         if here.numel():
             yield i, here - offset
         offset = end
+
+
+def select_alive(
+    scores: torch.Tensor,
+    alive: list[int],
+    totals: list[int],
+    density: float,
+    scope: str = "global",
+) -> torch.Tensor | None:
+    """`select_inplace` on the alive weights only: which of them stay (bool, like `scores`).
+
+    `scores` holds the alive weights' scores (>= 0) back to back in position order (tensor i has
+    `alive[i]` of its `totals[i]` weights alive), as `synflow.alive.AliveIndex` lays them out;
+    the pruned weights are not in it. Same masks as `select_inplace` on the full tensors with
+    `pruned_scores_zero`: the pruned ones sit at the bottom there, so the count to prune among
+    the alive is the round's count minus those already pruned, and compact order is position
+    order (ties by position, zero-score ties spread over the tensors by their alive counts,
+    which own the same tied entries). Overwrites `scores`. None when the schedule asks for fewer
+    pruned weights than already are (not monotone): the caller takes the dense path.
+    """
+    if scope not in ("global", "local"):
+        raise ValueError(f"unknown scope {scope!r}; choose global or local")
+    groups = [[i] for i in range(len(alive))] if scope == "local" else [list(range(len(alive)))]
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    start = 0
+    for group in groups:
+        sizes = [alive[i] for i in group]
+        end = start + sum(sizes)
+        total = sum(totals[i] for i in group)
+        count = prune_count(total, density) - (total - sum(sizes))
+        if count < 0:
+            return None
+        if count > 0:
+            kept = keep[start:end]
+            (out,) = _select_group([scores[start:end]], [kept], count, True, sizes)
+            if out is not kept:
+                kept.copy_(out)
+        start = end
+    return keep

@@ -17,7 +17,10 @@ infinities.
 
 Memory: the live parameters hold the linearised weights, and the backward pass turns each prunable
 weight into its score as soon as its gradient is ready (then frees the gradient), so the scores
-cost no memory of their own; the next round rebuilds the weights from the saved originals.
+cost no memory of their own; the next round rebuilds the weights from the saved originals. Once
+few weights are alive (`COMPACT_BELOW`), `next_masks` switches to a compact index of them
+(`synflow.alive`): scores go to a buffer sized to the alive weights, the weights stay, and only
+newly pruned entries are zeroed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Self
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from synflow.alive import AliveIndex
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
 from synflow.feed import forward_failure, ones_inputs, runs_on
 from synflow.linearise import Linearised
@@ -41,6 +45,7 @@ from synflow.scaling import (
     trace_forward,
 )
 from synflow.scorers.base import Scorer
+from synflow.selection import select_alive, select_inplace
 
 #: Re-centre the power-of-two scale when log2(R) has moved this far since it was chosen.
 RECENTRE_DRIFT = 8.0
@@ -49,6 +54,11 @@ MAX_EXPONENT = 1000
 #: A float32 round with R below 2^this (or R = 0) may have lost small scores to underflow: `auto`
 #: rescales it (scores are about R / N; N up to 2^40 still leaves them normal).
 UNDERFLOW_LOG2 = -64.0
+#: `next_masks` switches to the compact alive index once at most this fraction of the weights is
+#: alive (round 42 of 100 at sparsity 0.99): gathering costs about twice a dense pass per entry,
+#: and the index and its score buffer cost 8 bytes an alive weight on top of the dense rounds'
+#: memory, 0.3x the float32 parameter bytes here. A negative value keeps every round dense.
+COMPACT_BELOW = 0.15
 
 
 def output_sum(output: object) -> torch.Tensor:
@@ -127,6 +137,10 @@ class SynFlowScorer(Scorer):
         self.zero_layers: dict[str, tuple[int, str]] = {}
         #: aten ops the scoring passes replaced by their linear part, and how often per pass
         self.linearised: dict[str, int] = {}
+        #: alive weights as a compact index (late rounds), or None (dense rounds)
+        self._alive: AliveIndex | None = None
+        self._returned: Masks | None = None  # what `next_masks` returned last
+        self._index = {id(p): i for i, p in enumerate(self.ctx.params.values())}
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -140,6 +154,7 @@ class SynFlowScorer(Scorer):
                     tensor.grad = None
         self.ctx.model.module.train(self._was_training)
         self._work = None
+        self._alive = None
 
     def _state_tensors(self) -> list[torch.Tensor]:
         module = self.ctx.model.module
@@ -181,9 +196,12 @@ class SynFlowScorer(Scorer):
                 if factor != 1.0:
                     value.mul_(factor)
                 tensor.data = value
+        self._stale = True  # the prunable weights must be (re)built from the masks
 
     def _load_weights(self, masks: Masks) -> None:
         """prunable weight = |original| * mask (times its power of two when it is additive)."""
+        # dense rounds turn the weights into their scores; compact ones leave them as they are
+        self._stale = self._alive is None
         with torch.no_grad():
             for p in self.ctx.params.values():
                 original = self._saved[id(p)][1]
@@ -213,6 +231,64 @@ class SynFlowScorer(Scorer):
     def score_borrowed(self, masks: Masks) -> dict[str, torch.Tensor]:
         """The scores in the scorer's own buffers (the live parameters), valid until the next
         call; the caller may overwrite them."""
+        self._leave_compact()
+        self._score_round(masks)
+        return {key: p.detach() for key, p in self.ctx.params.items()}
+
+    def next_masks(self, masks: Masks, density: float, scope: str) -> Masks:
+        """One round: score, then select (the engine's loop calls this when a scorer has it).
+
+        Same masks as `select_inplace(self.score_borrowed(masks), ...)`. Once at most
+        `COMPACT_BELOW` of the weights is alive, rounds run on a compact index of the alive
+        weights (`synflow.alive`): scores are gathered into a buffer sized to them, the
+        selection reads only that buffer, and pruning zeroes only the newly pruned weights and
+        mask entries in place, so the linearised weights are never rebuilt. `masks` must be what
+        the previous call returned (it is updated in place then); other masks start over."""
+        if self._alive is not None and masks is not self._returned:
+            self._leave_compact()
+        kept = masks.kept
+        if self._alive is None and kept <= COMPACT_BELOW * masks.total:
+            self._alive = AliveIndex(list(masks.values()))
+            self._stale = True
+        if self._alive is not None:
+            out = self._compact_round(masks, density, scope)
+            if out is not None:
+                self._returned = out
+                return out
+            self._leave_compact()  # a schedule that unprunes: the dense rule below
+        scores = self.score_borrowed(masks)
+        out = select_inplace(scores, masks, density, scope, pruned_scores_zero=True)
+        self._returned = out
+        return out
+
+    def _compact_round(self, masks: Masks, density: float, scope: str) -> Masks | None:
+        alive = self._alive
+        assert alive is not None
+        self._score_round(masks)
+        keep = select_alive(self._score_flat(), alive.counts, alive.totals, density, scope)
+        if keep is None:
+            return None
+        with torch.no_grad():
+            weights = [p.detach().reshape(-1) for p in self.ctx.params.values()]
+            alive.prune(keep, weights, [m.reshape(-1) for m in masks.values()])
+        return masks.with_kept(alive.alive)
+
+    def _leave_compact(self) -> None:
+        if self._alive is not None:
+            self._alive = None
+            self._stale = True
+
+    def _score_view(self, p: torch.Tensor) -> torch.Tensor:
+        """Where the pass leaves p's scores: p itself (dense), or its alive slice (compact)."""
+        if self._alive is None:
+            return p.detach()
+        return self._alive.views[self._index[id(p)]]
+
+    def _score_flat(self) -> torch.Tensor:
+        """Every score of the pass in one tensor: the weight buffer, or the compact one."""
+        return self._work if self._alive is None else self._scores
+
+    def _score_round(self, masks: Masks) -> None:
         flow, ok = self._round(masks, record=self._recentre)
         if self.ctx.precision == "auto" and (not ok or self._underflowed(flow)):
             flow, ok = self._recover(masks)
@@ -230,7 +306,6 @@ class SynFlowScorer(Scorer):
         self._note_zero_layers(masks)
         a = self.scale[0] if self.scale else 0
         self.flow = float(flow) * 2.0 ** (-a * self._output_degree)
-        return {key: p.detach() for key, p in self.ctx.params.items()}
 
     def _underflowed(self, flow: torch.Tensor) -> bool:
         """Whether a float32 round may have lost scores to underflow: R is zero or no score is
@@ -253,8 +328,9 @@ class SynFlowScorer(Scorer):
         if self._checked_log2 is not None and log2_flow > self._checked_log2 - RECENTRE_DRIFT:
             return False
         self._checked_log2 = log2_flow
+        scores = self._score_flat()
         with torch.no_grad():
-            positive = torch.where(self._work > 0, self._work, math.inf).amin()
+            positive = torch.where(scores > 0, scores, math.inf).amin()
         return float(positive) < 2.0 ** (FLOAT32_MIN_EXP + DEFAULT_MARGIN)
 
     def _recover(self, masks: Masks) -> tuple[torch.Tensor, bool]:
@@ -293,8 +369,12 @@ class SynFlowScorer(Scorer):
         return torch.tensor(torch.inf), False
 
     def _round(self, masks: Masks, record: bool) -> tuple[torch.Tensor, bool]:
-        """One forward/backward pass; leaves the scores in the prunable parameters."""
-        self._load_weights(masks)
+        """One forward/backward pass; leaves the scores in the prunable parameters (dense) or
+        in the alive index's buffer (compact)."""
+        if self._stale:
+            self._load_weights(masks)
+        if self._alive is not None:
+            self._scores = self._alive.prepare(self.dtype)
         try:
             flow = self._flow(record)
         except RuntimeError as exc:
@@ -413,22 +493,23 @@ class SynFlowScorer(Scorer):
                         p.grad = g
                         self._scorer(scored)(p)
                 del grads
+        scores = self._score_flat()
         with torch.no_grad():
             for p in params:
                 if id(p) not in scored:
-                    p.zero_()  # the output does not depend on it
+                    self._score_view(p).zero_()  # the output does not depend on it
             top = 0.0
-            if self._work.numel():
-                low, high = torch.aminmax(self._work)  # one read; |.| only where needed
+            if scores.numel():
+                low, high = torch.aminmax(scores)  # one read; |.| only where needed
                 if float(low) < 0 or math.isnan(float(low)):
-                    self._work.abs_()
-                    high = self._work.amax()
+                    scores.abs_()
+                    high = scores.amax()
                 top = float(high)
         self._finite = math.isfinite(top)
         self._any_positive = top > 0
         if record and self._trace_error is None:
             for p in params:
-                r = log2_range(p)
+                r = log2_range(self._score_view(p))
                 if r is not None:
                     self._ranges.append(Range(r[0], r[1], trace.output_degree, 1))
         return flow.detach()
@@ -445,7 +526,10 @@ class SynFlowScorer(Scorer):
                     degree = self._trace_output_degree - self._degrees.get(id(p), 0)
                     self._ranges.append(Range(r[0], r[1], degree, 1))
             with torch.no_grad():
-                p.mul_(grad)  # |.| and the finiteness check run once, on the whole buffer
+                if self._alive is None:
+                    p.mul_(grad)  # |.| and the finiteness check run once, on the whole buffer
+                else:
+                    self._alive.score(self._index[id(p)], p, grad)
             del grad
             scored.add(id(p))
 
@@ -470,7 +554,8 @@ class SynFlowScorer(Scorer):
         """Remember the tensors whose remaining weights all score 0 this round, with the cause."""
         with torch.no_grad():
             for key, p in self.ctx.params.items():
-                if key in self.zero_layers or p.numel() == 0 or bool(p.amax() > 0):
+                scores = self._score_view(p)
+                if key in self.zero_layers or scores.numel() == 0 or bool(scores.amax() > 0):
                     continue
                 mask = masks[key].to(p.device)
                 if not bool(mask.any()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -122,3 +124,35 @@ def test_choose_exponents_centres_and_refuses_too_wide_spans():
     assert -126 + slack <= a and 200 + a <= 127 - slack
     assert 100 + a + b >= -126 and 300 + a + b <= 127
     assert choose_exponents([Range(-10, 250, 1, 0)]) is None
+
+
+def _log2_range_reference(t: torch.Tensor):
+    """log2 of the smallest non-zero and the largest |t|, written the obvious way."""
+    a = t.abs()
+    hi = float(a.amax())
+    if hi == 0.0:
+        return None
+    lo = float(torch.where(a > 0, a, torch.full_like(a, math.inf)).amin())
+    if not math.isfinite(hi):
+        return (math.log2(lo) if math.isfinite(lo) else math.inf, math.inf)
+    return math.log2(lo), math.log2(hi)
+
+
+def test_log2_range_fast_path_for_non_negative_values_equals_reference() -> None:
+    from synflow.scaling import log2_range
+
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        torch.zeros(5),
+        torch.tensor([0.0, 1e-30, 3.0]),
+        torch.tensor([2.0, 3.0]),
+        torch.tensor([-1.0, 0.0, 4.0]),
+        torch.tensor([0.0, math.inf]),
+        torch.tensor([math.inf]),
+        torch.tensor([-math.inf, 1.0]),
+        torch.tensor([1.0, math.nan]),
+        torch.rand(100, generator=g) * (torch.rand(100, generator=g) > 0.5),
+        torch.randn(100, dtype=torch.float64, generator=g),
+    ]
+    for t in cases:
+        assert log2_range(t) == _log2_range_reference(t), t
