@@ -67,7 +67,6 @@ def supervise(
     spec = {
         "job_id": record.id,
         "input": INPUT_NAME,
-        "calibration": CALIBRATION_NAME if calibration_path is not None else None,
         "out": "out",
         "scratch": ".",
         "config": record.config,
@@ -76,6 +75,8 @@ def supervise(
         "limits": settings.input_limits().to_dict(),
         "parent_pid": None,  # the sandbox kills the child when this thread dies
     }
+    if calibration_path is not None:
+        spec["calibration"] = CALIBRATION_NAME
     spec_path = scratch / "job.json"
     spec_path.write_text(json.dumps(spec))
     policy = sandbox_policy(settings, scratch, input_path, uid, calibration_path)
