@@ -24,13 +24,9 @@ from synflow.io.atomic import FILE_MODE
 from tests.e2e.checks import check_report_png
 from tests.service.harness import (
     Proc,
-    base_env,
     client_for,
-    drop_redis_keys,
-    redis_settings,
+    running_service,
     running_with_progress,
-    start_api,
-    start_worker,
     submit,
     wait_status,
     write_model,
@@ -75,21 +71,8 @@ def service(request, tmp_path_factory):
         "metrics_key": hash_key(METRICS_TOKEN),
         "log_format": "json",
     }
-    if request.param == "redis":
-        settings.update(redis_settings())
-    env = base_env(tmp / "data", **settings)
-    procs = []
-    try:
-        api, url = start_api(env, tmp)
-        procs.append(api)
-        if request.param == "redis":
-            procs.append(start_worker(env, tmp))
+    with running_service(request.param, tmp, settings) as (url, procs):
         yield Service(request.param, url, tmp / "data", procs)
-    finally:
-        for proc in procs:
-            proc.stop()
-        if request.param == "redis":
-            drop_redis_keys(settings["redis_prefix"])
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,9 @@ import pytest
 from jobs.settings import hash_key
 from synflow.webhooks import new_secret, verify
 from tests.service.harness import (
-    base_env,
     client_for,
-    drop_redis_keys,
-    redis_settings,
+    running_service,
     running_with_progress,
-    start_api,
-    start_worker,
     submit,
     wait_status,
     wait_until,
@@ -51,21 +47,8 @@ def service(request, tmp_path_factory):
         "webhook_attempts": "3",
         "webhook_poll_interval": "0.2",
     }
-    if request.param == "redis":
-        settings.update(redis_settings())
-    env = base_env(tmp / "data", **settings)
-    procs = []
-    try:
-        api, url = start_api(env, tmp)
-        procs.append(api)
-        if request.param == "redis":
-            procs.append(start_worker(env, tmp))
+    with running_service(request.param, tmp, settings) as (url, _):
         yield url
-    finally:
-        for proc in procs:
-            proc.stop()
-        if request.param == "redis":
-            drop_redis_keys(settings["redis_prefix"])
 
 
 @pytest.fixture(scope="module")

@@ -134,6 +134,30 @@ def start_worker(env: dict[str, str], log_dir: Path, concurrency: int = 1) -> Pr
     return proc
 
 
+@contextlib.contextmanager
+def running_service(
+    mode: str, tmp: Path, settings: dict[str, str], concurrency: int = 1
+) -> Iterator[tuple[str, list[Proc]]]:
+    """The service in `mode`: "embedded" (`synflow serve`, its own worker) or "redis" (the API
+    plus one Celery worker, on this test's Redis prefix); yields its URL and processes, and on
+    exit stops them and drops the Redis keys."""
+    if mode == "redis":
+        settings = {**settings, **redis_settings()}
+    env = base_env(tmp / "data", **settings)
+    procs: list[Proc] = []
+    try:
+        api, url = start_api(env, tmp)
+        procs.append(api)
+        if mode == "redis":
+            procs.append(start_worker(env, tmp, concurrency))
+        yield url, procs
+    finally:
+        for proc in procs:
+            proc.stop()
+        if mode == "redis":
+            drop_redis_keys(settings["redis_prefix"])
+
+
 def _ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
