@@ -21,6 +21,10 @@ cost no memory of their own; the next round rebuilds the weights from the saved 
 few weights are alive (`COMPACT_BELOW`), `next_masks` switches to a compact index of them
 (`synflow.alive`): scores go to a buffer sized to the alive weights, the weights stay, and only
 newly pruned entries are zeroed.
+
+BatchNorms that alone read a convolution's or linear layer's output are folded into it for the
+scoring passes (`synflow.bnfold`); the passes that trace degrees for the power-of-two scale run
+the network as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Self
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from synflow import bnfold
 from synflow.alive import AliveIndex
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
 from synflow.feed import forward_failure, ones_inputs, runs_on
@@ -59,6 +64,9 @@ UNDERFLOW_LOG2 = -64.0
 #: and the index and its score buffer cost 8 bytes an alive weight on top of the dense rounds'
 #: memory, 0.3x the float32 parameter bytes here. A negative value keeps every round dense.
 COMPACT_BELOW = 0.15
+#: Fold eval-mode BatchNorms into the layer before them for the passes that need no degree trace
+#: (`synflow.bnfold`: same scores up to rounding, cheaper passes).
+FOLD_BATCH_NORM = True
 
 
 def output_sum(output: object) -> torch.Tensor:
@@ -141,11 +149,18 @@ class SynFlowScorer(Scorer):
         self._alive: AliveIndex | None = None
         self._returned: Masks | None = None  # what `next_masks` returned last
         self._index = {id(p): i for i, p in enumerate(self.ctx.params.values())}
+        #: BatchNorms folded into their layers for the passes (`synflow.bnfold`), found in the
+        #: first round
+        self._fold_plan: bnfold.Folding | None = None
+        self._fold_looked = not FOLD_BATCH_NORM
+        self._folding = False  # whether the live network is the folded one now
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._fold_plan is not None:
+            self._fold_plan.restore()
         with torch.no_grad():
             for tensor, original, requires_grad in self._saved.values():
                 tensor.data = original
@@ -196,6 +211,8 @@ class SynFlowScorer(Scorer):
                 if factor != 1.0:
                     value.mul_(factor)
                 tensor.data = value
+            if self._folding and self._fold_plan is not None:
+                self._fold_plan.apply(self._prunable)
         self._stale = True  # the prunable weights must be (re)built from the masks
 
     def _load_weights(self, masks: Masks) -> None:
@@ -212,6 +229,9 @@ class SynFlowScorer(Scorer):
                 factor = self._factor(p)
                 if factor != 1.0:
                     p.mul_(factor)
+                fold = self._fold_plan.by_weight.get(id(p)) if self._folding else None
+                if fold is not None:
+                    p.mul_(fold.channel_view(fold.scale))
             # where(mask, w, 0) in place: w.mul_(bool mask) would cast the mask to a float copy
             zero = torch.zeros((), dtype=self._work.dtype, device=self._work.device)
             flat_mask = flat_view([masks[key] for key in self.ctx.params])
@@ -373,6 +393,12 @@ class SynFlowScorer(Scorer):
         in the alive index's buffer (compact)."""
         if self._stale:
             self._load_weights(masks)
+        if not self._fold_looked:
+            self._find_folds()
+        fold = self._fold_plan is not None and not record
+        if fold != self._folding:
+            self._set_folding(fold)
+            self._load_weights(masks)
         if self._alive is not None:
             self._scores = self._alive.prepare(self.dtype)
         try:
@@ -396,6 +422,28 @@ class SynFlowScorer(Scorer):
             # magnitudes drift as weights go: measure them again next round
             self._recentre = abs(log2_flow - self._flow_log2) > RECENTRE_DRIFT
         return flow, ok
+
+    @property
+    def folded_norms(self) -> int:
+        """How many BatchNorms the scoring passes fold into the layer before them."""
+        return len(self._fold_plan.folds) if self._fold_plan is not None else 0
+
+    def _find_folds(self) -> None:
+        self._fold_looked = True
+        a = self.scale[0] if self.scale else 0
+        specs = self.ctx.input_specs
+        assert specs is not None
+        xs = ones_inputs(specs, self.dtype, self.ctx.device, fill=2.0**a)
+        self._fold_plan = bnfold.find_folding(
+            self.ctx.model.module, xs, self._prunable, run_output=output_sum
+        )
+
+    def _set_folding(self, on: bool) -> None:
+        """Switch the live network between folded (cheaper) and as it is (traced passes)."""
+        self._folding = on
+        if not on and self._fold_plan is not None:
+            self._fold_plan.restore()
+        self._linearize(self.dtype)
 
     def set_scale(self, masks: Masks, a: int, b: int) -> None:
         """Run on with input 2^a and seed 2^b (tracing the degrees first); for tests and tools."""
@@ -452,8 +500,11 @@ class SynFlowScorer(Scorer):
                         self._trace_output_degree = trace.output_degree
                         self._output_degree = trace.output_degree
                 else:
+                    runner = module
+                    if self._folding and self._fold_plan is not None:
+                        runner = self._fold_plan.runner(module)
                     with linear:
-                        output = module(*xs)
+                        output = runner(*xs)
                 flow = output_sum(output)
         except (RuntimeError, torch.jit.Error) as exc:
             # an error raised under a Python dispatch mode reaches TorchScript without its
