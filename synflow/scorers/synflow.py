@@ -517,6 +517,11 @@ class SynFlowScorer(Scorer):
             raise InvalidModelError(
                 "the model returns no floating-point tensor, so there is no output to sum"
             )
+        if not record and not bool(torch.isfinite(flow)):
+            # R itself overflowed: the round is redone (auto) or refused, so no backward pass;
+            # the live weights are left as they are, still weights
+            self._finite, self._any_positive = False, False
+            return flow.detach()
         self._finite, self._any_positive = True, False
         params = list(self.ctx.params.values())
         scored: set[int] = set()
