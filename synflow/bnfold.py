@@ -141,7 +141,10 @@ def find_folding(
     if isinstance(module, torch.jit.ScriptModule):
         return None
     if isinstance(module, torch.fx.GraphModule) and any(_layer_node(n) for n in module.graph.nodes):
-        folding = _graph_folding(module, prunable)
+        try:
+            folding = _graph_folding(module, prunable)
+        except Exception:  # an optimisation only: a graph it cannot rewrite runs unfolded
+            folding = None
     else:
         folding = _module_folding(module, xs, prunable, run_output)
     return folding if folding is not None and folding.folds else None
