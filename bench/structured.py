@@ -13,13 +13,16 @@ exported with the legacy exporter; GPU figures are measured only where CUDA is p
 `--accuracy EPOCHS` adds a second table: the same channel variants of 10-class models pruned at
 initialisation at 32x32, then trained from scratch for EPOCHS epochs on scikit-learn's bundled
 digits (8x8 images upscaled to 32x32, grey repeated over 3 channels; 80/20 split, fixed seed; no
-download) and tested on the held-out fifth.
+download) and tested on the held-out fifth. `--seeds 0,1,2` repeats it per seed (initialisation,
+random channels, training order) and prints the mean, spread and each seed's accuracy;
+`--accuracy-only` skips the latency tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
 import warnings
 from pathlib import Path
@@ -62,9 +65,9 @@ def row(name: str, variant: str, module: torch.nn.Module, x: torch.Tensor) -> di
             "cuda_ms": latency.cuda_ms(module, (x,))}  # fmt: skip
 
 
-def synflow_channels(module, x, density, iterations, scope, method="synflow"):
+def synflow_channels(module, x, density, iterations, scope, method="synflow", seed=0):
     scores = RegistryScores(method, "torchscript", (InputSpec(tuple(x.shape)),),
-                            device=torch.device("cpu"), precision="auto", seed=0)  # fmt: skip
+                            device=torch.device("cpu"), precision="auto", seed=seed)  # fmt: skip
     prune_channels(module, x, scores, density=density, iterations=iterations, scope=scope)
     return module
 
@@ -122,9 +125,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return images[train], labels[train], images[test], labels[test]
 
 
-def trained_accuracy(module, data, epochs: int) -> float:
+def trained_accuracy(module, data, epochs: int, seed: int = 0) -> float:
     x_train, y_train, x_test, y_test = data
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
     module.train()
     for _ in range(epochs):
@@ -139,43 +142,73 @@ def trained_accuracy(module, data, epochs: int) -> float:
     return float((predicted == y_test).float().mean())
 
 
-def channel_variants(base, x, iterations):
+def channel_variants(base, x, iterations, seed=0):
     """(name, model) of the channel variants compared at equal MACs."""
     yield "channel SynFlow 50% local", synflow_channels(copy.deepcopy(base), x, 0.5, iterations,
-                                                        "local")  # fmt: skip
+                                                        "local", seed=seed)  # fmt: skip
     yield "channel random 50% local", synflow_channels(copy.deepcopy(base), x, 0.5, iterations,
-                                                       "local", "random")  # fmt: skip
+                                                       "local", "random", seed)  # fmt: skip
     l1 = tp_l1(copy.deepcopy(base), x, 0.5)
     yield "Torch-Pruning L1, global 50%", l1
     target = tp.utils.count_ops_and_params(l1, x)[0]
     for method in ("synflow", "random"):
         model, _, density = matched(
-            lambda m, d, method=method: synflow_channels(m, x, d, iterations, "global", method),
+            lambda m, d, method=method: synflow_channels(m, x, d, iterations, "global", method,
+                                                         seed),
             base, x, target, iterations,
         )  # fmt: skip
         yield f"channel {method}, global, L1's MACs (d={density:.3f})", model
 
 
-def accuracy_rows(names, iterations, epochs) -> list[dict]:
+def accuracy_rows(names, iterations, epochs, seeds=(0,)) -> list[dict]:
+    """One row per model, variant and seed; the seed draws the initialisation, the random
+    channels and the training order (the split stays fixed)."""
     data = digits()
     x = torch.ones(1, 3, 32, 32)
     rows = []
     for name in names:
-        torch.manual_seed(0)
-        base = getattr(torchvision.models, name)(num_classes=10).eval()
-        variants = [("dense", copy.deepcopy(base)), *channel_variants(base, x, iterations)]
-        for variant, model in variants:
-            macs, params = tp.utils.count_ops_and_params(model, x)
-            rows.append(
-                {
-                    "model": name,
-                    "variant": variant,
-                    "params_m": params / 1e6,
-                    "gmacs": macs / 1e9,
-                    "accuracy": trained_accuracy(model, data, epochs),
-                }
-            )
+        for seed in seeds:
+            torch.manual_seed(seed)
+            base = getattr(torchvision.models, name)(num_classes=10).eval()
+            variants = [
+                ("dense", copy.deepcopy(base)),
+                *channel_variants(base, x, iterations, seed),
+            ]
+            for variant, model in variants:
+                macs, params = tp.utils.count_ops_and_params(model, x)
+                rows.append(
+                    {
+                        "model": name,
+                        "variant": variant,
+                        "seed": seed,
+                        "params_m": params / 1e6,
+                        "gmacs": macs / 1e9,
+                        "accuracy": trained_accuracy(model, data, epochs, seed),
+                    }
+                )
     return rows
+
+
+def accuracy_table(rows: list[dict]) -> list[dict]:
+    """Rows of `accuracy_rows` merged over seeds: mean and sample standard deviation (the
+    bisected density, in the variant's name, differs per seed, so it is listed apart)."""
+    merged: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        merged.setdefault((r["model"], r["variant"].split(" (d=")[0]), []).append(r)
+    table = []
+    for (model, variant), group in merged.items():
+        accs = [r["accuracy"] for r in group]
+        table.append({
+            "model": model, "variant": variant, "seeds": len(group),
+            "params_m": statistics.mean(r["params_m"] for r in group),
+            "gmacs": statistics.mean(r["gmacs"] for r in group),
+            "mean": statistics.mean(accs),
+            "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "accuracies": accs,
+            "densities": [r["variant"].split(" (d=")[1].rstrip(")") for r in group
+                          if " (d=" in r["variant"]],
+        })  # fmt: skip
+    return table
 
 
 def print_row(r: dict) -> None:
@@ -185,14 +218,7 @@ def print_row(r: dict) -> None:
           f"{ort} | {r['torch_ms']:.2f} | {gpu} |", flush=True)  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--accuracy", type=int, default=0, metavar="EPOCHS",
-                        help="also train on the bundled digits for EPOCHS epochs")  # fmt: skip
-    args = parser.parse_args()
+def latency_tables(args) -> None:
     x = torch.ones(1, 3, args.size, args.size)
     print(f"input 1x3x{args.size}x{args.size}, {args.iterations} rounds, onnxruntime CPU batch 1 "
           f"(median of {latency.REPEATS}), torch {torch.__version__}")  # fmt: skip
@@ -219,14 +245,34 @@ def main() -> None:
             f"| {r['model']} | {r['grouped_layers']} | {r['dense_layers']} | "
             f"{r['grouped_density']:.3f} | {r['torch_ms']:.2f} | {r['gpu_2to4_speedup']} |"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--accuracy", type=int, default=0, metavar="EPOCHS",
+                        help="also train on the bundled digits for EPOCHS epochs")  # fmt: skip
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds of the accuracy runs")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="skip the latency tables (the accuracy table alone)")  # fmt: skip
+    args = parser.parse_args()
+    if not args.accuracy_only:
+        latency_tables(args)
     if args.accuracy:
+        seeds = [int(v) for v in args.seeds.split(",")]
         print()
-        print(f"digits accuracy after {args.accuracy} epochs from the pruned initialisation, 32x32")
-        print("| model | variant | params (M) | GMACs | test accuracy |")
-        print("|---|---|---|---|---|")
-        for r in accuracy_rows(args.models.split(","), args.iterations, args.accuracy):
-            print(f"| {r['model']} | {r['variant']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | "
-                  f"{r['accuracy']:.3f} |")  # fmt: skip
+        print(f"digits accuracy after {args.accuracy} epochs from the pruned initialisation, "
+              f"32x32, seeds {seeds}")  # fmt: skip
+        print("| model | variant | params (M) | GMACs | test accuracy, mean ± sd | per seed |")
+        print("|---|---|---|---|---|---|")
+        rows = accuracy_rows(args.models.split(","), args.iterations, args.accuracy, seeds)
+        for r in accuracy_table(rows):
+            density = f" (d={', '.join(r['densities'])})" if r["densities"] else ""
+            print(f"| {r['model']} | {r['variant']}{density} | {r['params_m']:.3f} | "
+                  f"{r['gmacs']:.4f} | {r['mean']:.3f} ± {r['sd']:.3f} | "
+                  f"{' '.join(f'{a:.3f}' for a in r['accuracies'])} |")  # fmt: skip
 
 
 if __name__ == "__main__":
