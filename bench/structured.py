@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -186,6 +187,8 @@ def accuracy_rows(names, iterations, epochs, seeds=(0,)) -> list[dict]:
                         "accuracy": trained_accuracy(model, data, epochs, seed),
                     }
                 )
+                print(f"{name} seed {seed} {variant}: {rows[-1]['accuracy']:.3f}",
+                      file=sys.stderr, flush=True)  # fmt: skip
     return rows
 
 
