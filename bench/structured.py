@@ -7,8 +7,9 @@ graph); channel SynFlow and random channels at 50% of each group's channels (loc
 architecture, so the same MACs, as Torch-Pruning's L1 would give at 50% local); Torch-Pruning's
 L1 magnitude importance with global ranking at 50%; channel SynFlow and random channel pruning
 (global) at the same MACs as that L1 model (density found by bisection); and N:M 2:4 SynFlow
-masks. Latency: onnxruntime, CPU, batch 1, median of repeated runs, of each variant
-exported with the legacy exporter; GPU figures are measured only where CUDA is present.
+masks. Latency: torch and onnxruntime (each variant exported with the legacy exporter), CPU,
+batch 1, the median of REPEATS rounds that run every variant of the model once in turn, so a
+change of the machine's load hits all of them alike; GPU figures only where CUDA is present.
 
 `--accuracy EPOCHS` adds a second table: the same channel variants of 10-class models pruned at
 initialisation at 32x32, then trained from scratch for EPOCHS epochs on scikit-learn's bundled
@@ -44,26 +45,43 @@ MODELS = ("resnet18", "mobilenet_v3_small", "vgg11_bn")
 #: relative MAC difference accepted when matching another model's MACs
 MAC_TOLERANCE = 0.02
 BISECTION_STEPS = 6
+#: interleaved timing rounds per variant (the service's report uses latency.REPEATS)
+REPEATS = 30
 
 
-def onnx_ms(module: torch.nn.Module, x: torch.Tensor) -> float | None:
-    """onnxruntime latency; None where the legacy exporter refuses the model at this size (VGG's
-    adaptive pooling below 224x224)."""
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+def onnx_run(module: torch.nn.Module, x: torch.Tensor, tmp: str, name: str):
+    """An onnxruntime run of the exported module; None where the legacy exporter refuses the
+    model at this size (VGG's adaptive pooling below 224x224)."""
+    path = str(Path(tmp) / f"{name}.onnx")
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        path = str(Path(tmp) / "m.onnx")
         try:
             torch.onnx.export(module, (x,), path, dynamo=False, input_names=["x"])
         except torch.onnx.errors.OnnxExporterError:
             return None
-        return latency.onnxruntime_ms(path, (x,))
+    return latency.onnxruntime_run(path, (x,))
 
 
-def row(name: str, variant: str, module: torch.nn.Module, x: torch.Tensor) -> dict:
-    macs, params = tp.utils.count_ops_and_params(module, x)
-    return {"model": name, "variant": variant, "params_m": params / 1e6, "gmacs": macs / 1e9,
-            "ort_ms": onnx_ms(module, x), "torch_ms": latency.torch_ms(module, (x,)),
-            "cuda_ms": latency.cuda_ms(module, (x,))}  # fmt: skip
+def measured_rows(name: str, variants: list, x: torch.Tensor) -> list[dict]:
+    """Counts and latencies of every variant of one model, all timed interleaved (round after
+    round of one run each), so that a change of the machine's load hits every variant alike."""
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (variant, module) in enumerate(variants):
+            runs[("torch", variant)] = lambda m=module: m(x)
+            ort_run = onnx_run(module, x, tmp, str(i))
+            if ort_run is not None:
+                runs[("ort", variant)] = ort_run
+        with torch.inference_mode():
+            ms = latency.interleaved_ms(runs, repeats=REPEATS)
+    out = []
+    for variant, module in variants:
+        macs, params = tp.utils.count_ops_and_params(module, x)
+        out.append({"model": name, "variant": variant, "params_m": params / 1e6,
+                    "gmacs": macs / 1e9, "ort_ms": ms.get(("ort", variant)),
+                    "torch_ms": ms[("torch", variant)],
+                    "cuda_ms": latency.cuda_ms(module, (x,))})  # fmt: skip
+    return out
 
 
 def synflow_channels(module, x, density, iterations, scope, method="synflow", seed=0):
@@ -161,10 +179,10 @@ def channel_variants(base, x, iterations, seed=0):
         yield f"channel {method}, global, L1's MACs (d={density:.3f})", model
 
 
-def accuracy_rows(names, iterations, epochs, seeds=(0,)) -> list[dict]:
+def accuracy_rows(names, iterations, epochs, seeds=(0,), data=None) -> list[dict]:
     """One row per model, variant and seed; the seed draws the initialisation, the random
-    channels and the training order (the split stays fixed)."""
-    data = digits()
+    channels and the training order (the split stays fixed). `data`: digits() by default."""
+    data = digits() if data is None else data
     x = torch.ones(1, 3, 32, 32)
     rows = []
     for name in names:
@@ -223,21 +241,21 @@ def print_row(r: dict) -> None:
 
 def latency_tables(args) -> None:
     x = torch.ones(1, 3, args.size, args.size)
-    print(f"input 1x3x{args.size}x{args.size}, {args.iterations} rounds, onnxruntime CPU batch 1 "
-          f"(median of {latency.REPEATS}), torch {torch.__version__}")  # fmt: skip
+    print(f"input 1x3x{args.size}x{args.size}, {args.iterations} rounds, CPU batch 1, median of "
+          f"{REPEATS} interleaved rounds, torch {torch.__version__}")  # fmt: skip
     print("| model | variant | params (M) | GMACs | onnxruntime ms | torch ms | GPU ms |")
     print("|---|---|---|---|---|---|---|", flush=True)
     nm_rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
         base = getattr(torchvision.models, name)().eval()
-        print_row(row(name, "dense", base, x))
         loaded = LoadedModel(format="torchscript", module=copy.deepcopy(base), source=Path())
         config = PruneConfig(sparsity=0.5, iterations=args.iterations, input_shape=tuple(x.shape))
         apply_masks(loaded, prune(loaded, config))
-        print_row(row(name, "unstructured SynFlow 50%", loaded.module, x))
-        for variant, model in channel_variants(base, x, args.iterations):
-            print_row(row(name, variant, model, x))
+        variants = [("dense", base), ("unstructured SynFlow 50%", loaded.module)]
+        variants += channel_variants(base, x, args.iterations)
+        for r in measured_rows(name, variants, x):
+            print_row(r)
         nm_rows.append(nm_figures(name, base, x, args.iterations))
     print()
     print("| model | 2:4 grouped layers | dense layers | density of grouped | torch ms | "
