@@ -8,8 +8,9 @@ architecture, so the same MACs, as Torch-Pruning's L1 would give at 50% local); 
 L1 magnitude importance with global ranking at 50%; channel SynFlow and random channel pruning
 (global) at the same MACs as that L1 model (density found by bisection); and N:M 2:4 SynFlow
 masks. Latency: torch and onnxruntime (each variant exported with the legacy exporter), CPU,
-batch 1, the median of REPEATS rounds that run every variant of the model once in turn, so a
-change of the machine's load hits all of them alike; GPU figures only where CUDA is present.
+batch 1, the median of rounds that run every variant of the model once in turn (at least
+REPEATS rounds and MIN_SECONDS), so a change of the machine's load hits all of them alike; GPU
+figures only where CUDA is present.
 
 `--accuracy EPOCHS` adds a second table: the same channel variants of 10-class models pruned at
 initialisation at 32x32, then trained from scratch for EPOCHS epochs on scikit-learn's bundled
@@ -45,8 +46,10 @@ MODELS = ("resnet18", "mobilenet_v3_small", "vgg11_bn")
 #: relative MAC difference accepted when matching another model's MACs
 MAC_TOLERANCE = 0.02
 BISECTION_STEPS = 6
-#: interleaved timing rounds per variant (the service's report uses latency.REPEATS)
+#: interleaved timing rounds per variant, at least, and for at least this long per model (the
+#: service's report uses latency.REPEATS)
 REPEATS = 30
+MIN_SECONDS = 10.0
 
 
 def onnx_run(module: torch.nn.Module, x: torch.Tensor, tmp: str, name: str):
@@ -73,7 +76,7 @@ def measured_rows(name: str, variants: list, x: torch.Tensor) -> list[dict]:
             if ort_run is not None:
                 runs[("ort", variant)] = ort_run
         with torch.inference_mode():
-            ms = latency.interleaved_ms(runs, repeats=REPEATS)
+            ms = latency.interleaved_ms(runs, repeats=REPEATS, min_seconds=MIN_SECONDS)
     out = []
     for variant, module in variants:
         macs, params = tp.utils.count_ops_and_params(module, x)
@@ -242,7 +245,8 @@ def print_row(r: dict) -> None:
 def latency_tables(args) -> None:
     x = torch.ones(1, 3, args.size, args.size)
     print(f"input 1x3x{args.size}x{args.size}, {args.iterations} rounds, CPU batch 1, median of "
-          f"{REPEATS} interleaved rounds, torch {torch.__version__}")  # fmt: skip
+          f"interleaved rounds (at least {REPEATS}, {MIN_SECONDS:g} s), "
+          f"torch {torch.__version__}")  # fmt: skip
     print("| model | variant | params (M) | GMACs | onnxruntime ms | torch ms | GPU ms |")
     print("|---|---|---|---|---|---|---|", flush=True)
     nm_rows = []

@@ -36,18 +36,26 @@ def median_ms(run: Callable[[], object], repeats: int = REPEATS, warmup: int = W
 
 
 def interleaved_ms(
-    runs: dict[str, Callable[[], object]], repeats: int = REPEATS, warmup: int = WARMUP
+    runs: dict[str, Callable[[], object]],
+    repeats: int = REPEATS,
+    warmup: int = WARMUP,
+    min_seconds: float = 0.0,
 ) -> dict[str, float]:
-    """Median ms of each run, timed in rounds of one run of each (drift hits all alike)."""
+    """Median ms of each run, timed in rounds of one run of each (drift hits all alike); at least
+    `repeats` rounds, more until `min_seconds` have passed, so fast models get enough rounds
+    to outlast bursts of load (30 rounds of a 1 ms model still gave 2x apart medians)."""
     for run in runs.values():
         for _ in range(warmup):
             run()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
+    began = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or time.perf_counter() - began < min_seconds:
         for name, run in runs.items():
             start = time.perf_counter()
             run()
             times[name].append((time.perf_counter() - start) * 1e3)
+        rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}
 
 
