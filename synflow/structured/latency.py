@@ -3,6 +3,11 @@
 Two runtimes: torch (the module as loaded, before and after pruning) and, for ONNX, onnxruntime
 on the graph as uploaded and as written. Medians resist the odd slow run of a loaded machine;
 the absolute numbers still depend on it, so compare before and after from one report.
+
+Models compared with each other are timed interleaved (`interleaved_ms`: each round runs every
+one once, in turn), not one after another: on a shared 2-core machine the load changes within
+seconds, and timing model A for a second and then model B for a second measured that change as
+a 1.4-3.4x difference between models of identical shapes (docs/results.md, "latency puzzle").
 """
 
 from __future__ import annotations
@@ -30,13 +35,38 @@ def median_ms(run: Callable[[], object], repeats: int = REPEATS, warmup: int = W
     return statistics.median(times)
 
 
+def interleaved_ms(
+    runs: dict[str, Callable[[], object]],
+    repeats: int = REPEATS,
+    warmup: int = WARMUP,
+    min_seconds: float = 0.0,
+) -> dict[str, float]:
+    """Median ms of each run, timed in rounds of one run of each (drift hits all alike); at least
+    `repeats` rounds, more until `min_seconds` have passed, so fast models get enough rounds
+    to outlast bursts of load (30 rounds of a 1 ms model still gave 2x apart medians)."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    began = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or time.perf_counter() - began < min_seconds:
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1e3)
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def torch_ms(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], **kw) -> float:
     with torch.inference_mode():
         return median_ms(lambda: module(*inputs), **kw)
 
 
-def onnxruntime_ms(model: bytes | str, inputs: tuple[torch.Tensor, ...], **kw) -> float:
-    """Latency of an ONNX graph (serialised bytes or a path) in onnxruntime's CPU provider."""
+def onnxruntime_run(model: bytes | str, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    """One inference of an ONNX graph (serialised bytes or a path) in onnxruntime's CPU
+    provider, session and feeds prepared."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -45,7 +75,12 @@ def onnxruntime_ms(model: bytes | str, inputs: tuple[torch.Tensor, ...], **kw) -
         n: np.ascontiguousarray(x.detach().cpu().numpy())
         for n, x in zip(names, inputs, strict=True)
     }
-    return median_ms(lambda: session.run(None, feeds), **kw)
+    return lambda: session.run(None, feeds)
+
+
+def onnxruntime_ms(model: bytes | str, inputs: tuple[torch.Tensor, ...], **kw) -> float:
+    """Latency of an ONNX graph (serialised bytes or a path) in onnxruntime's CPU provider."""
+    return median_ms(onnxruntime_run(model, inputs), **kw)
 
 
 def cuda_ms(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], **kw) -> float | None:

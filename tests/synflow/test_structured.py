@@ -261,3 +261,15 @@ def test_nm_without_groupable_weights_is_refused(tmp_path):
 def test_channel_granularity_refuses_methods_that_cannot_rank_channels(method):
     with pytest.raises(ValueError, match="cannot rank channels with " + method):
         PruneConfig(sparsity=0.5, granularity="channel", method=method)
+
+
+def test_interleaved_ms_times_the_runs_in_turn():
+    """Every round runs each model once, so a change of load between rounds hits all alike."""
+    from synflow.structured import latency
+
+    calls: list[str] = []
+    ms = latency.interleaved_ms(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert set(ms) == {"a", "b"} and all(v >= 0.0 for v in ms.values())
