@@ -333,19 +333,14 @@ def _module_folding(module, xs, prunable, run_output) -> Folding | None:
             or "batch_norm" not in readers[0]
             or out.dim() != (2 if isinstance(layer, torch.nn.Linear) else layer.weight.dim())
             or any(owners[id(t)] != 1 for t in layer.parameters(recurse=False))
-            or any(owners[id(t)] != 1 for t in _module_tensors(norm))
         ):
             continue
         fold = Fold(
             layer.weight, layer.bias, norm.weight, norm.bias, norm.running_mean,
             norm.running_var, float(norm.eps), norm=norm,
         )  # fmt: skip
-        if _foldable(fold, prunable, int(out.shape[1])):
+        if all(owners[id(t)] == 1 for t in fold.tensors()) and _foldable(
+            fold, prunable, int(out.shape[1])
+        ):
             folds.append(fold)
     return Folding(folds)
-
-
-def _module_tensors(norm: _BatchNorm) -> list[torch.Tensor]:
-    return [
-        t for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var) if t is not None
-    ]

@@ -391,13 +391,14 @@ class SynFlowScorer(Scorer):
     def _round(self, masks: Masks, record: bool) -> tuple[torch.Tensor, bool]:
         """One forward/backward pass; leaves the scores in the prunable parameters (dense) or
         in the alive index's buffer (compact)."""
-        if self._stale:
-            self._load_weights(masks)
         if not self._fold_looked:
+            if self._stale:
+                self._load_weights(masks)  # the proving run needs the weights
             self._find_folds()
         fold = self._fold_plan is not None and not record
         if fold != self._folding:
-            self._set_folding(fold)
+            self._set_folding(fold)  # re-linearises: the weights are rebuilt below
+        if self._stale:
             self._load_weights(masks)
         if self._alive is not None:
             self._scores = self._alive.prepare(self.dtype)
@@ -430,13 +431,17 @@ class SynFlowScorer(Scorer):
 
     def _find_folds(self) -> None:
         self._fold_looked = True
-        a = self.scale[0] if self.scale else 0
+        self._fold_plan = bnfold.find_folding(
+            self.ctx.model.module, self._ones(), self._prunable, run_output=output_sum
+        )
+
+    def _ones(self) -> tuple[torch.Tensor, ...]:
+        """The pass's inputs: floating ones in the scoring dtype (x 2^a), integer inputs ones of
+        their dtype."""
         specs = self.ctx.input_specs
         assert specs is not None
-        xs = ones_inputs(specs, self.dtype, self.ctx.device, fill=2.0**a)
-        self._fold_plan = bnfold.find_folding(
-            self.ctx.model.module, xs, self._prunable, run_output=output_sum
-        )
+        a = self.scale[0] if self.scale else 0
+        return ones_inputs(specs, self.dtype, self.ctx.device, fill=2.0**a)
 
     def _set_folding(self, on: bool) -> None:
         """Switch the live network between folded (cheaper) and as it is (traced passes)."""
@@ -471,11 +476,10 @@ class SynFlowScorer(Scorer):
 
     def _flow(self, record: bool) -> torch.Tensor:
         module = self.ctx.model.module
-        a, b = self.scale or (0, 0)
+        b = self.scale[1] if self.scale else 0
         specs = self.ctx.input_specs
         assert specs is not None
-        # floating inputs in the scoring dtype (x 2^a); integer inputs are ones of their dtype
-        xs = ones_inputs(specs, self.dtype, self.ctx.device, fill=2.0**a)
+        xs = self._ones()
         self._trace_error = None
         self._ranges: list[Range] = []
         self._recording = False

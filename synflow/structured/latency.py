@@ -24,17 +24,6 @@ REPEATS = 10
 WARMUP = 3
 
 
-def median_ms(run: Callable[[], object], repeats: int = REPEATS, warmup: int = WARMUP) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def interleaved_ms(
     runs: dict[str, Callable[[], object]],
     repeats: int = REPEATS,
@@ -57,6 +46,10 @@ def interleaved_ms(
             times[name].append((time.perf_counter() - start) * 1e3)
         rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def median_ms(run: Callable[[], object], repeats: int = REPEATS, warmup: int = WARMUP) -> float:
+    return interleaved_ms({"run": run}, repeats, warmup)["run"]
 
 
 def torch_ms(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], **kw) -> float:
