@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from synflow import kernels
+
 
 def flat_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """One 1-D tensor over `tensors` when they lie back to back, in order, in one storage (as the
@@ -95,8 +97,8 @@ class Masks(dict[str, torch.Tensor]):
             return self._known_kept
         flat = flat_view(list(self.values()))
         if flat is not None:
-            return int(torch.count_nonzero(flat))
-        return sum(int(torch.count_nonzero(m)) for m in self.values())
+            return kernels.count_true(flat)
+        return sum(kernels.count_true(m) for m in self.values())
 
     @property
     def density(self) -> float:

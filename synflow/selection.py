@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from synflow import kernels
 from synflow.masks import Masks, flat_view
 from synflow.schedule import prune_count
 
@@ -150,7 +151,7 @@ def _select_group(
 ) -> list[torch.Tensor]:
     """`sizes`: the tensors the group's positions belong to (for spreading zero-score ties)."""
     total = sum(v.numel() for v in values)
-    alive = sum(int(torch.count_nonzero(m)) for m in kept)
+    alive = sum(kernels.count_true(m) for m in kept)
     pruned = total - alive
     if count == pruned:
         return kept  # nothing new to prune: the pruned ones are exactly the lowest
@@ -162,7 +163,7 @@ def _select_group(
         return [~d for d in drop.split([v.numel() for v in values])]
     if zero:
         floor_value = 0.0
-        at_floor = total - sum(int(torch.count_nonzero(v)) for v in values)  # scores are >= 0
+        at_floor = total - sum(kernels.count_nonzero(v) for v in values)  # scores are >= 0
     else:
         floor_value = -torch.inf
         for v, m in zip(values, kept, strict=True):
@@ -175,11 +176,11 @@ def _select_group(
     if count <= at_floor:
         return _prune_floor_ties(values, kept, count - pruned, floor_value, sizes)
     # the threshold is above the floor: every floor entry goes, plus the lowest others. From here
-    # the values alone say what was pruned (they sit at the floor), so `kept` is free scratch.
-    threshold, room, ties = _threshold(values, count, floor_value, at_floor, scratch=kept)
+    # the values alone say what was pruned (they sit at the floor), so `kept` can take the result.
+    threshold, room, ties = _threshold(values, count, floor_value, at_floor)
     out = []
     for v, m in zip(values, kept, strict=True):
-        out.append(torch.gt(v, threshold, out=m))
+        out.append(kernels.greater(v, threshold, out=m))
     if room < len(ties):
         # ties at the threshold: the first `room` by position go (zero ties: spread), the rest stay
         stay = ties[~spread_ties(ties, sizes, room)] if threshold == 0.0 else ties[room:]
@@ -218,31 +219,18 @@ def _prune_floor_ties(
 
 
 def _threshold(
-    values: list[torch.Tensor],
-    count: int,
-    floor_value: float,
-    at_floor: int,
-    scratch: list[torch.Tensor],
+    values: list[torch.Tensor], count: int, floor_value: float, at_floor: int
 ) -> tuple[float, int, torch.Tensor]:
     """(T, room, ties): the count-th smallest value T (> floor_value), how many entries equal to T
-    are pruned, and the global positions of all entries equal to T in position order.
-    `scratch`: bool tensors shaped like `values` that may be overwritten (saves temporaries)."""
+    are pruned, and the global positions of all entries equal to T in position order."""
     above = sum(v.numel() for v in values) - at_floor
     rank = count - at_floor  # rank among the entries above the floor, 1-based
     lo, hi = _bracket(values, rank / above, floor_value)
     for attempt in range(2):
         if attempt == 1:
             lo, hi = floor_value, torch.inf  # the sample misled us: take everything
-        below_lo = (
-            at_floor
-            if lo == floor_value
-            else sum(
-                int(torch.count_nonzero(torch.le(v, lo, out=b)))
-                for v, b in zip(values, scratch, strict=True)
-            )
-        )
-        # scratch now holds v <= lo (unless lo is the floor): _between reuses it
-        cand_values, cand_positions = _between(values, lo, hi, scratch, lo != floor_value)
+        below_lo = at_floor if lo == floor_value else sum(kernels.count_le(v, lo) for v in values)
+        cand_values, cand_positions = _between(values, lo, hi)
         if below_lo < count <= below_lo + cand_values.numel():
             break
     threshold = torch.kthvalue(cand_values, count - below_lo).values
@@ -275,28 +263,14 @@ def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[
     return lo, hi
 
 
-def _between(
-    values: list[torch.Tensor],
-    lo: float,
-    hi: float,
-    scratch: list[torch.Tensor],
-    scratch_is_le_lo: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values in (lo, hi] and their global positions, in position order. Overwrites `scratch`
-    (bool tensors shaped like `values`; `scratch_is_le_lo`: they already hold `v <= lo`), so
-    that the only temporary is one bool tensor at a time."""
+def _between(values: list[torch.Tensor], lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values in (lo, hi] and their global positions, in position order."""
     vals, poss = [], []
     offset = 0
-    for v, inside in zip(values, scratch, strict=True):
-        if scratch_is_le_lo and hi != torch.inf:  # (NaN: not <= lo, and not <= hi either)
-            inside.logical_not_()  # v > lo, without reading the values again
-        else:
-            torch.gt(v, lo, out=inside)
-        if hi != torch.inf:
-            inside &= v.le(hi)
-        pos = torch.nonzero(inside).squeeze(1)
-        vals.append(v[pos])
-        poss.append(pos + offset)
+    for v in values:
+        inside, positions = kernels.between(v, lo, hi)
+        vals.append(inside)
+        poss.append(positions.to(v.device) + offset)
         offset += v.numel()
     return torch.cat(vals), torch.cat(poss)
 

@@ -35,7 +35,7 @@ from typing import Self
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from synflow import bnfold
+from synflow import bnfold, kernels
 from synflow.alive import AliveIndex
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
 from synflow.feed import forward_failure, ones_inputs, runs_on
@@ -233,13 +233,12 @@ class SynFlowScorer(Scorer):
                 if fold is not None:
                     p.mul_(fold.channel_view(fold.scale))
             # where(mask, w, 0) in place: w.mul_(bool mask) would cast the mask to a float copy
-            zero = torch.zeros((), dtype=self._work.dtype, device=self._work.device)
             flat_mask = flat_view([masks[key] for key in self.ctx.params])
             if flat_mask is not None and flat_mask.device == self._work.device:
-                torch.where(flat_mask, self._work, zero, out=self._work)
+                kernels.where_kept(self._work, flat_mask)
             else:
                 for key, p in self.ctx.params.items():
-                    torch.where(masks[key].to(p.device), p, zero, out=p)
+                    kernels.where_kept(p, masks[key].to(p.device))
 
     @property
     def precision(self) -> str:

@@ -18,6 +18,10 @@ from synflow.masks import Masks
 from synflow.schedule import density_at
 from synflow.selection import select, select_alive
 from tests.synflow import nets
+from tests.synflow.kernel_paths import kernel_path  # noqa: F401 (fixture)
+
+# every test on both paths of synflow.kernels (torch, and numpy in small chunks)
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 SHAPES = {"a": (7, 5), "b": (300,), "c": (4, 3, 3, 3), "d": (1,), "e": (50,)}
 

@@ -7,6 +7,10 @@ import torch
 
 from synflow.masks import Masks, flat_buffer
 from synflow.selection import select, select_inplace
+from tests.synflow.kernel_paths import kernel_path  # noqa: F401 (fixture)
+
+# every test on both paths of synflow.kernels (torch, and numpy in small chunks)
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 SHAPES = {"a": (7, 5), "b": (300,), "c": (4, 3, 3, 3), "d": (1,)}
 

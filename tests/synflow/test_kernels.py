@@ -1,0 +1,91 @@
+"""`synflow.kernels` gives exactly what the torch expression it replaces gives.
+
+Random data with the values that break naive versions: NaN, +-inf, -0.0, denormals, ties at the
+bounds, both float dtypes; sizes that are not multiples of the chunk, split over two threads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synflow import kernels
+from tests.synflow.kernel_paths import kernel_path  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
+SIZES = [0, 1, 63, 64, 65, 1000, 4099]
+
+
+def nasty(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 8, (n,), generator=g).to(dtype) / 4  # ties at every level
+    specials = torch.tensor(
+        [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, torch.finfo(dtype).tiny / 4],
+        dtype=dtype,
+    )
+    pick = torch.rand(n, generator=g) < 0.2
+    x[pick] = specials[torch.randint(0, len(specials), (int(pick.sum()),), generator=g)]
+    return x
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal, NaN included, -0.0 told from 0.0."""
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(
+            torch.nan_to_num(a, nan=123.0).view(torch.uint8 if a.dtype == torch.bool else a.dtype),
+            torch.nan_to_num(b, nan=123.0).view(torch.uint8 if b.dtype == torch.bool else b.dtype),
+        )
+        and torch.equal(torch.signbit(a.float()), torch.signbit(b.float()))
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", SIZES)
+def test_counts(n: int, dtype: torch.dtype) -> None:
+    x = nasty(n, dtype, n)
+    assert kernels.count_true(x > 0.5) == int(torch.count_nonzero(x > 0.5))
+    assert kernels.count_nonzero(x) == int(torch.count_nonzero(x))
+    for bound in (0.0, 0.5, 1.0, float("inf"), -float("inf")):
+        assert kernels.count_le(x, bound) == int(torch.count_nonzero(x <= bound)), bound
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", SIZES)
+def test_greater_and_between(n: int, dtype: torch.dtype) -> None:
+    x = nasty(n, dtype, 100 + n)
+    for lo, hi in ((0.0, 0.5), (0.25, 0.25), (0.5, float("inf")), (-float("inf"), 0.0)):
+        out = torch.ones(n, dtype=torch.bool)
+        assert kernels.greater(x, lo, out=out) is out
+        assert torch.equal(out, torch.gt(x, lo))
+        values, positions = kernels.between(x, lo, hi)
+        expected = torch.nonzero((x > lo) & (x <= hi)).squeeze(1)
+        assert positions.dtype == torch.int64
+        assert torch.equal(positions, expected), (lo, hi)
+        assert same(values, x[expected])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", SIZES)
+def test_where_kept_zeroes_exactly(n: int, dtype: torch.dtype) -> None:
+    """Pruned entries become +0.0 even when they hold NaN or inf; kept ones keep every bit."""
+    x = nasty(n, dtype, 200 + n)
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.6
+    expected = torch.where(mask, x, torch.zeros((), dtype=dtype))
+    got = x.clone()
+    assert kernels.where_kept(got, mask) is got
+    assert same(got, expected)
+
+
+def test_views_and_shapes() -> None:
+    """Views into a flat buffer (the engine's layout) and multi-dimensional tensors."""
+    buffer = nasty(1000, torch.float32, 7)
+    view = buffer[100:700].view(20, 30)
+    assert kernels.count_le(view, 0.5) == int((view <= 0.5).sum())
+    mask = torch.zeros(20, 30, dtype=torch.bool)
+    mask[::2] = True
+    before = buffer.clone()
+    kernels.where_kept(view, mask)
+    assert same(buffer[:100], before[:100]) and same(buffer[700:], before[700:])
+    assert same(view, torch.where(mask, before[100:700].view(20, 30), torch.zeros(())))
