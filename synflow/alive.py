@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from synflow import kernels
+
 
 class AliveIndex:
     """Per-tensor alive positions and a score buffer sized to them (see the module docstring).
@@ -85,5 +87,5 @@ class AliveIndex:
             if here.numel():
                 weights[i].index_fill_(0, here, 0.0)
                 masks[i].index_fill_(0, here, False)
-        self._positions = self._positions[keep]
+        self._positions = kernels.compress(self._positions, keep)
         self.counts = [n - g for n, g in zip(self.counts, gone_counts, strict=True)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,11 +30,14 @@ CHUNK = 1 << 18
 #: Buffers smaller than this run in the calling thread (threads cost more than they save).
 PARALLEL_FROM = 1 << 20
 
+T = TypeVar("T")
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
 
 def _fast(*tensors: torch.Tensor) -> bool:
+    """Whether the numpy path takes these tensors: contiguous CPU tensors of a numpy dtype, the
+    first of at least `FAST_FROM` entries."""
     return tensors[0].numel() >= FAST_FROM and all(
         t.device.type == "cpu"
         and t.is_contiguous()
@@ -56,14 +60,12 @@ def _spans(n: int) -> list[tuple[int, int]]:
     return [(s, min(s + per, n)) for s in range(0, n, per)]
 
 
-def _map(n: int, work: Callable[[int, int], int]) -> int:
-    """Sum of `work(start, end)` over the chunks of range(n), the threads' spans in parallel."""
+def _each(n: int, work: Callable[[int, int], T]) -> list[T]:
+    """`work(start, end)` over the chunks of range(n), in chunk order, the threads' spans in
+    parallel."""
 
-    def span(bounds: tuple[int, int]) -> int:
-        total = 0
-        for s in range(bounds[0], bounds[1], CHUNK):
-            total += work(s, min(s + CHUNK, bounds[1]))
-        return total
+    def span(bounds: tuple[int, int]) -> list[T]:
+        return [work(s, min(s + CHUNK, bounds[1])) for s in range(bounds[0], bounds[1], CHUNK)]
 
     spans = _spans(n)
     if len(spans) == 1:
@@ -73,7 +75,7 @@ def _map(n: int, work: Callable[[int, int], int]) -> int:
         if _pool is not None:
             _pool.shutdown(wait=False)
         _pool, _pool_size = ThreadPoolExecutor(len(spans), "synflow-kernels"), len(spans)
-    return sum(_pool.map(span, spans))
+    return [result for part in _pool.map(span, spans) for result in part]
 
 
 def _scalar(a: np.ndarray, value: float):
@@ -86,7 +88,7 @@ def count_true(mask: torch.Tensor) -> int:
     if not _fast(mask):
         return int(torch.count_nonzero(mask))
     m = _array(mask)
-    return _map(m.size, lambda s, e: int(np.count_nonzero(m[s:e])))
+    return sum(_each(m.size, lambda s, e: int(np.count_nonzero(m[s:e]))))
 
 
 def count_nonzero(values: torch.Tensor) -> int:
@@ -99,7 +101,7 @@ def count_nonzero(values: torch.Tensor) -> int:
     def work(s: int, e: int) -> int:
         return e - s - int(np.count_nonzero(np.equal(a[s:e], zero)))
 
-    return _map(a.size, work)
+    return sum(_each(a.size, work))
 
 
 def count_le(values: torch.Tensor, bound: float) -> int:
@@ -108,7 +110,7 @@ def count_le(values: torch.Tensor, bound: float) -> int:
         return int(torch.count_nonzero(values <= bound))
     a = _array(values)
     b = _scalar(a, bound)
-    return _map(a.size, lambda s, e: int(np.count_nonzero(np.less_equal(a[s:e], b))))
+    return sum(_each(a.size, lambda s, e: int(np.count_nonzero(np.less_equal(a[s:e], b)))))
 
 
 def greater(values: torch.Tensor, bound: float, out: torch.Tensor) -> torch.Tensor:
@@ -117,12 +119,7 @@ def greater(values: torch.Tensor, bound: float, out: torch.Tensor) -> torch.Tens
         return torch.gt(values, bound, out=out)
     a, o = _array(values), _array(out)
     b = _scalar(a, bound)
-
-    def work(s: int, e: int) -> int:
-        np.greater(a[s:e], b, out=o[s:e])
-        return 0
-
-    _map(a.size, work)
+    _each(a.size, lambda s, e: np.greater(a[s:e], b, out=o[s:e]))
     return out
 
 
@@ -135,37 +132,69 @@ def between(values: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, t
         return values.reshape(-1)[positions], positions
     a = _array(values)
     low, high = _scalar(a, lo), _scalar(a, hi)
-    found: dict[int, np.ndarray] = {}
 
-    def work(s: int, e: int) -> int:
+    def work(s: int, e: int) -> np.ndarray:
         chunk = a[s:e]
         inside = np.greater(chunk, low)
         np.logical_and(inside, np.less_equal(chunk, high), out=inside)
-        hits = np.flatnonzero(inside)
-        if hits.size:
-            found[s] = hits + s  # chunks are disjoint: no two threads write one key
-        return 0
+        return np.flatnonzero(inside) + s
 
-    _map(a.size, work)
-    if not found:
-        return values.new_empty(0).reshape(-1), torch.empty(0, dtype=torch.int64)
-    positions = np.concatenate([found[s] for s in sorted(found)])
+    positions = np.concatenate([np.empty(0, dtype=np.int64), *_each(a.size, work)])
     return torch.from_numpy(a[positions]), torch.from_numpy(positions.astype(np.int64))
 
 
+def _keep_bits(mask: np.ndarray, bits: type) -> np.ndarray:
+    """All-ones bits where `mask` is True, zero bits where False (True is 1: its negation -1)."""
+    return np.negative(mask.view(np.int8)).astype(bits)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The same memory as integers of the same width (float32 -> int32, float64 -> int64)."""
+    return a.view(np.int32 if a.dtype == np.float32 else np.int64)
+
+
 def where_kept(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`torch.where(mask, values, 0, out=values)`: zero the pruned entries in place."""
+    """`torch.where(mask, values, 0, out=values)`: zero the pruned entries in place (exactly
+    +0.0, whatever they held: a bitwise and, not a multiplication that would keep NaN)."""
     if not _fast(values, mask) or values.shape != mask.shape:
         zero = torch.zeros((), dtype=values.dtype, device=values.device)
         return torch.where(mask, values, zero, out=values)
     v, m = _array(values), _array(mask)
-    bits = np.int32 if v.dtype == np.float32 else np.int64
-    v_bits = v.view(bits)
-
-    def work(s: int, e: int) -> int:
-        keep = np.negative(m[s:e].view(np.int8)).astype(bits)
-        np.bitwise_and(v_bits[s:e], keep, out=v_bits[s:e])
-        return 0
-
-    _map(v.size, work)
+    vb = _bits(v)
+    _each(v.size, lambda s, e: np.bitwise_and(vb[s:e], _keep_bits(m[s:e], vb.dtype), out=vb[s:e]))
     return values
+
+
+def abs_where(source: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`torch.where(mask, source.abs(), 0, out=out)` in one pass over memory."""
+    if not _fast(source, mask, out) or not (
+        source.shape == mask.shape == out.shape and source.dtype == out.dtype
+    ):
+        torch.abs(source, out=out)
+        return where_kept(out, mask)
+    src, m, o = _array(source), _array(mask), _array(out)
+    ob = _bits(o)
+
+    def work(s: int, e: int) -> None:
+        np.abs(src[s:e], out=o[s:e])
+        np.bitwise_and(ob[s:e], _keep_bits(m[s:e], ob.dtype), out=ob[s:e])
+
+    _each(o.size, work)
+    return out
+
+
+def compress(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`values[keep]` for 1-D `values` and a bool `keep` of the same length (a new tensor)."""
+    if not _fast(keep) or values.device.type != "cpu" or not values.is_contiguous():
+        return values[keep]
+    v, k = values.numpy(), _array(keep)
+    counts = _each(k.size, lambda s, e: int(np.count_nonzero(k[s:e])))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    out = np.empty(int(offsets[-1]), dtype=v.dtype)
+
+    def fill(s: int, e: int) -> None:
+        i = s // CHUNK
+        np.compress(k[s:e], v[s:e], out=out[offsets[i] : offsets[i + 1]])
+
+    _each(k.size, fill)
+    return torch.from_numpy(out)

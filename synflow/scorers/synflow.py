@@ -40,7 +40,7 @@ from synflow.alive import AliveIndex
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
 from synflow.feed import forward_failure, ones_inputs, runs_on
 from synflow.linearise import Linearised
-from synflow.masks import Masks, flat_buffer, flat_view
+from synflow.masks import Masks, flat_buffer
 from synflow.scaling import (
     DEFAULT_MARGIN,
     FLOAT32_MIN_EXP,
@@ -148,6 +148,8 @@ class SynFlowScorer(Scorer):
         #: alive weights as a compact index (late rounds), or None (dense rounds)
         self._alive: AliveIndex | None = None
         self._returned: Masks | None = None  # what `next_masks` returned last
+        #: id(p) -> (min, max) of p's scores in the last dense pass (see `_flow`), or None
+        self._extremes: dict[int, torch.Tensor] | None = None
         self._index = {id(p): i for i, p in enumerate(self.ctx.params.values())}
         #: BatchNorms folded into their layers for the passes (`synflow.bnfold`), found in the
         #: first round
@@ -219,26 +221,24 @@ class SynFlowScorer(Scorer):
         """prunable weight = |original| * mask (times its power of two when it is additive)."""
         # dense rounds turn the weights into their scores; compact ones leave them as they are
         self._stale = self._alive is None
+        plain = type(self).positive is SynFlowScorer.positive  # |.|, not SynFlow-L2's square
         with torch.no_grad():
-            for p in self.ctx.params.values():
+            for key, p in self.ctx.params.items():
                 original = self._saved[id(p)][1]
-                if original.dtype == p.dtype and original.device == p.device:
-                    self.positive(original, out=p)
-                else:
-                    self.positive(p.copy_(original), out=p)
+                mask = masks[key].to(p.device)
                 factor = self._factor(p)
+                fold = self._fold_plan.by_weight.get(id(p)) if self._folding else None
+                same = original.dtype == p.dtype and original.device == p.device
+                if plain and same and factor == 1.0 and fold is None:
+                    kernels.abs_where(original, mask, out=p)  # one pass
+                    continue
+                self.positive(original if same else p.copy_(original), out=p)
                 if factor != 1.0:
                     p.mul_(factor)
-                fold = self._fold_plan.by_weight.get(id(p)) if self._folding else None
                 if fold is not None:
                     p.mul_(fold.channel_view(fold.scale))
-            # where(mask, w, 0) in place: w.mul_(bool mask) would cast the mask to a float copy
-            flat_mask = flat_view([masks[key] for key in self.ctx.params])
-            if flat_mask is not None and flat_mask.device == self._work.device:
-                kernels.where_kept(self._work, flat_mask)
-            else:
-                for key, p in self.ctx.params.items():
-                    kernels.where_kept(p, masks[key].to(p.device))
+                # where(mask, w, 0) in place: w.mul_(bool mask) would cast the mask to a float
+                kernels.where_kept(p, mask)
 
     @property
     def precision(self) -> str:
@@ -480,6 +480,7 @@ class SynFlowScorer(Scorer):
         assert specs is not None
         xs = self._ones()
         self._trace_error = None
+        self._extremes = None
         self._ranges: list[Range] = []
         self._recording = False
         linear = Linearised()  # this pass's forward and backward (see synflow.linearise)
@@ -528,6 +529,9 @@ class SynFlowScorer(Scorer):
         self._finite, self._any_positive = True, False
         params = list(self.ctx.params.values())
         scored: set[int] = set()
+        # id(p) -> (min, max) of p's scores, found by the hooks while they are in the cache
+        # (dense rounds); None where a path does not find them
+        self._extremes: dict[int, torch.Tensor] | None = {} if self._alive is None else None
         if flow.requires_grad:
             hooks = []
             if record and self._trace_error is None:
@@ -557,13 +561,16 @@ class SynFlowScorer(Scorer):
             for p in params:
                 if id(p) not in scored:
                     self._score_view(p).zero_()  # the output does not depend on it
+                    if self._extremes is not None and p.numel():
+                        self._extremes[id(p)] = torch.zeros(2, dtype=self.dtype, device=p.device)
             top = 0.0
             if scores.numel():
-                low, high = torch.aminmax(scores)  # one read; |.| only where needed
-                if float(low) < 0 or math.isnan(float(low)):
+                low, high = self._score_extremes(scores)
+                if low < 0 or math.isnan(low):
                     scores.abs_()
-                    high = scores.amax()
-                top = float(high)
+                    high = float(scores.amax())
+                    self._extremes = None  # the per-tensor ones no longer hold
+                top = high
         self._finite = math.isfinite(top)
         self._any_positive = top > 0
         if record and self._trace_error is None:
@@ -586,13 +593,28 @@ class SynFlowScorer(Scorer):
                     self._ranges.append(Range(r[0], r[1], degree, 1))
             with torch.no_grad():
                 if self._alive is None:
-                    p.mul_(grad)  # |.| and the finiteness check run once, on the whole buffer
+                    p.mul_(grad)
+                    # the finiteness check and |.| run once, over all tensors, from these
+                    if self._extremes is not None and p.numel():
+                        self._extremes[id(p)] = torch.stack(torch.aminmax(p.detach()))
                 else:
                     self._alive.score(self._index[id(p)], p, grad)
             del grad
             scored.add(id(p))
 
         return hook
+
+    def _score_extremes(self, scores: torch.Tensor) -> tuple[float, float]:
+        """(min, max) of this pass's scores (NaN if any is NaN): from the hooks' per-tensor
+        extremes when every tensor has them, else one reduction over the buffer."""
+        found = self._extremes
+        if found and len(found) == sum(1 for p in self.ctx.params.values() if p.numel()):
+            both = torch.stack(list(found.values()))  # reductions propagate NaN
+            low, high = both[:, 0].min(), both[:, 1].max()
+        else:
+            self._extremes = None
+            low, high = torch.aminmax(scores)  # one read
+        return float(low), float(high)
 
     def _range_hooks(self, trace) -> list:
         """Backward hooks on the traced intermediates: record the gradients' magnitudes."""
@@ -611,10 +633,17 @@ class SynFlowScorer(Scorer):
 
     def _note_zero_layers(self, masks: Masks) -> None:
         """Remember the tensors whose remaining weights all score 0 this round, with the cause."""
+        found = self._extremes or {}
+        highs = {}
+        if found:
+            highs = dict(zip(found, torch.stack(list(found.values()))[:, 1].tolist(), strict=True))
         with torch.no_grad():
             for key, p in self.ctx.params.items():
                 scores = self._score_view(p)
-                if key in self.zero_layers or scores.numel() == 0 or bool(scores.amax() > 0):
+                if key in self.zero_layers or scores.numel() == 0:
+                    continue
+                high = highs[id(p)] if id(p) in highs else float(scores.amax())
+                if high > 0:
                     continue
                 mask = masks[key].to(p.device)
                 if not bool(mask.any()):

@@ -89,3 +89,27 @@ def test_views_and_shapes() -> None:
     kernels.where_kept(view, mask)
     assert same(buffer[:100], before[:100]) and same(buffer[700:], before[700:])
     assert same(view, torch.where(mask, before[100:700].view(20, 30), torch.zeros(())))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.float32])
+@pytest.mark.parametrize("n", SIZES)
+def test_compress(n: int, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(300 + n)
+    values = torch.randint(-1000, 1000, (n,), generator=g).to(dtype)
+    for share in (0.0, 0.05, 0.5, 1.0):
+        keep = torch.rand(n, generator=g) < share
+        got = kernels.compress(values, keep)
+        assert got.dtype == dtype and torch.equal(got, values[keep]), share
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", SIZES)
+def test_abs_where(n: int, dtype: torch.dtype) -> None:
+    source = nasty(n, dtype, 400 + n) * torch.where(torch.arange(n) % 3 == 0, -1.0, 1.0).to(dtype)
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.6
+    expected = torch.where(mask, source.abs(), torch.zeros((), dtype=dtype))
+    out = torch.full((n,), 7.0, dtype=dtype)
+    assert kernels.abs_where(source, mask, out) is out
+    assert same(out, expected)
+    in_place = source.clone()
+    assert same(kernels.abs_where(in_place, mask, in_place), expected)
