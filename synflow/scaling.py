@@ -40,6 +40,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from synflow import kernels
+
 aten = torch.ops.aten
 
 #: log2 of the smallest normal and (just below) the largest finite float32.
@@ -141,7 +143,7 @@ def log2_range(t: torch.Tensor) -> tuple[float, float] | None:
     if low >= 0:  # (not NaN) the linearised network's values and gradients: no |.| copy
         if high == 0.0:
             return None
-        lo = low if low > 0 else float(torch.where(t > 0, t, math.inf).amin())
+        lo = low if low > 0 else kernels.min_positive(t)
         if not math.isfinite(high):
             return (math.log2(lo) if math.isfinite(lo) else math.inf, math.inf)
         return math.log2(lo), math.log2(high)
