@@ -373,6 +373,33 @@ def test_torch_runs_inside_the_sandbox_and_writes_to_scratch(scratch):
     print(f"\nimport torch inside the sandbox: {outcome['import_s']:.2f} s")
 
 
+@POLICIES
+def test_engine_kernel_threads_run_inside_the_sandbox(scratch, extra):
+    """On big buffers the engine's chunked kernels (`synflow.kernels`) start threads of their
+    own, beside torch's: the sandbox lets them run and they give torch's answers."""
+    code = """
+        import json, threading
+        import torch
+        from synflow import kernels
+        torch.set_num_threads(2)
+        x = torch.arange(4 << 20, dtype=torch.float32)
+        mask = x.remainder(3) != 0
+        found = {
+            "le": [kernels.count_le(x, 1000.5), int((x <= 1000.5).sum())],
+            "true": [kernels.count_true(mask), int(mask.sum())],
+            "threads": sorted(t.name for t in threading.enumerate() if "kernels" in t.name),
+        }
+        json.dump(found, open("result.json", "w"))
+    """
+    limits = SandboxLimits(memory_bytes=4 << 30, cpu_seconds=120, wall_seconds=120)
+    proc = run(code, policy(scratch, limits=limits, threads=2, **extra))
+    assert proc.returncode == 0, proc.stderr_tail().decode(errors="replace")
+    outcome = result(proc)
+    assert outcome["le"] == [1001, 1001]
+    assert outcome["true"][0] == outcome["true"][1] == (4 << 20) - (4 << 20) // 3 - 1
+    assert len(outcome["threads"]) == 2, outcome
+
+
 def test_setup_cost_is_small(scratch):
     """Time from start() to the child's first line (a bare interpreter, no imports)."""
     costs = []
