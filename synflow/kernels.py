@@ -92,6 +92,19 @@ def count_true(mask: torch.Tensor) -> int:
     return sum(_each(m.size, lambda s, e: int(np.count_nonzero(m[s:e]))))
 
 
+def count_nonzero(values: torch.Tensor) -> int:
+    """`int(torch.count_nonzero(values))` for a floating tensor (NaN counts as non-zero)."""
+    if not _fast(values):
+        return int(torch.count_nonzero(values))
+    a = _array(values)
+    zero = _scalar(a, 0.0)
+
+    def work(s: int, e: int) -> int:
+        return e - s - int(np.count_nonzero(np.equal(a[s:e], zero)))
+
+    return sum(_each(a.size, work))
+
+
 def count_le(values: torch.Tensor, bound: float) -> int:
     """`int(torch.count_nonzero(values <= bound))`."""
     if not _fast(values):
@@ -203,34 +216,3 @@ def min_positive(values: torch.Tensor) -> float:
         return float(np.where(chunk > 0, chunk, inf).min())
 
     return min(_each(a.size, work), default=math.inf)
-
-
-def census(
-    values: torch.Tensor, lo: float, hi: float
-) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-    """`(count(values == 0), count(values <= lo), *between(values, lo, hi))` in one pass over
-    memory: what the selection needs to know of a bracket (lo, hi] around its threshold."""
-    if not _fast(values):
-        flat = values.reshape(-1)
-        zeros = int(torch.count_nonzero(flat == 0))
-        return zeros, int(torch.count_nonzero(flat <= lo)), *between(values, lo, hi)
-    a = _array(values)
-    zero, low, high = _scalar(a, 0.0), _scalar(a, lo), _scalar(a, hi)
-
-    def work(s: int, e: int) -> tuple[int, int, np.ndarray]:
-        chunk = a[s:e]
-        zeros = int(np.count_nonzero(np.equal(chunk, zero)))
-        inside = np.less_equal(chunk, low)
-        below = int(np.count_nonzero(inside))
-        np.logical_not(inside, out=inside)  # NaN: not <= lo, and not <= hi below either
-        np.logical_and(inside, np.less_equal(chunk, high), out=inside)
-        return zeros, below, np.flatnonzero(inside) + s
-
-    found = _each(a.size, work)
-    positions = np.concatenate([np.empty(0, dtype=np.int64), *(f[2] for f in found)])
-    return (
-        sum(f[0] for f in found),
-        sum(f[1] for f in found),
-        torch.from_numpy(a[positions]),
-        torch.from_numpy(positions.astype(np.int64)),
-    )

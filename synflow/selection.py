@@ -161,13 +161,9 @@ def _select_group(
         flat = torch.cat([_ranked(v, m) for v, m in zip(values, kept, strict=True)])
         drop = _prune_lowest(flat, count, sizes)
         return [~d for d in drop.split([v.numel() for v in values])]
-    counted = None
     if zero:
-        # scores are >= 0: one pass counts the zeros and what a bracket around the threshold
-        # needs, the bracket taken from a sample with its zeros
         floor_value = 0.0
-        lo, hi = _bracket(values, count / total, -torch.inf)
-        at_floor, counted = _census(values, max(lo, floor_value), hi)
+        at_floor = total - sum(kernels.count_nonzero(v) for v in values)  # scores are >= 0
     else:
         floor_value = -torch.inf
         for v, m in zip(values, kept, strict=True):
@@ -181,7 +177,7 @@ def _select_group(
         return _prune_floor_ties(values, kept, count - pruned, floor_value, sizes)
     # the threshold is above the floor: every floor entry goes, plus the lowest others. From here
     # the values alone say what was pruned (they sit at the floor), so `kept` can take the result.
-    threshold, room, ties = _threshold(values, count, floor_value, at_floor, counted)
+    threshold, room, ties = _threshold(values, count, floor_value, at_floor)
     out = []
     for v, m in zip(values, kept, strict=True):
         out.append(kernels.greater(v, threshold, out=m))
@@ -222,54 +218,25 @@ def _prune_floor_ties(
     return out
 
 
-Counted = tuple[int, torch.Tensor, torch.Tensor]
-
-
 def _threshold(
-    values: list[torch.Tensor],
-    count: int,
-    floor_value: float,
-    at_floor: int,
-    counted: Counted | None = None,
+    values: list[torch.Tensor], count: int, floor_value: float, at_floor: int
 ) -> tuple[float, int, torch.Tensor]:
     """(T, room, ties): the count-th smallest value T (> floor_value), how many entries equal to T
-    are pruned, and the global positions of all entries equal to T in position order.
-    `counted`: a bracket already counted (`_counted`), if any."""
-    if counted is None:
-        above = sum(v.numel() for v in values) - at_floor
-        rank = count - at_floor  # rank among the entries above the floor, 1-based
-        lo, hi = _bracket(values, rank / above, floor_value)
-        counted = _counted(values, lo, hi, floor_value, at_floor)
-    below_lo, cand_values, cand_positions = counted
-    if not below_lo < count <= below_lo + cand_values.numel():
-        # the sample misled us: take everything above the floor
-        counted = _counted(values, floor_value, torch.inf, floor_value, at_floor)
-        below_lo, cand_values, cand_positions = counted
+    are pruned, and the global positions of all entries equal to T in position order."""
+    above = sum(v.numel() for v in values) - at_floor
+    rank = count - at_floor  # rank among the entries above the floor, 1-based
+    lo, hi = _bracket(values, rank / above, floor_value)
+    for attempt in range(2):
+        if attempt == 1:
+            lo, hi = floor_value, torch.inf  # the sample misled us: take everything
+        below_lo = at_floor if lo == floor_value else sum(kernels.count_le(v, lo) for v in values)
+        cand_values, cand_positions = _between(values, lo, hi)
+        if below_lo < count <= below_lo + cand_values.numel():
+            break
     threshold = torch.kthvalue(cand_values, count - below_lo).values
     is_tie = cand_values == threshold
     below = below_lo + int(torch.count_nonzero(cand_values < threshold))
     return float(threshold), count - below, cand_positions[is_tie]
-
-
-def _counted(
-    values: list[torch.Tensor], lo: float, hi: float, floor_value: float, at_floor: int
-) -> Counted:
-    """(entries <= lo, the values in (lo, hi], their global positions in position order)."""
-    below_lo = at_floor if lo == floor_value else sum(kernels.count_le(v, lo) for v in values)
-    return below_lo, *_between(values, lo, hi)
-
-
-def _census(values: list[torch.Tensor], lo: float, hi: float) -> tuple[int, Counted]:
-    """(zeros, `_counted` of (lo, hi] with floor 0) in one pass over non-negative values."""
-    zeros = below_lo = offset = 0
-    vals, poss = [], []
-    for v in values:
-        z, below, inside, positions = kernels.census(v, lo, hi)
-        zeros, below_lo = zeros + z, below_lo + below
-        vals.append(inside)
-        poss.append(positions.to(v.device) + offset)
-        offset += v.numel()
-    return zeros, (zeros if lo == 0.0 else below_lo, torch.cat(vals), torch.cat(poss))
 
 
 def _bracket(values: list[torch.Tensor], q: float, floor_value: float) -> tuple[float, float]:
