@@ -537,9 +537,9 @@ class SynFlowScorer(Scorer):
         # (dense rounds)
         self._extremes = set() if self._alive is None else None
         rows = self._extreme_rows
-        if rows is None or rows.dtype != self.dtype or rows.device != self.ctx.device:
+        if rows is None or rows.dtype != self.dtype or rows.device != self._work.device:
             rows = self._extreme_rows = torch.zeros(
-                (len(params), 2), dtype=self.dtype, device=self.ctx.device
+                (len(params), 2), dtype=self.dtype, device=self._work.device
             )
         if flow.requires_grad:
             hooks = []
