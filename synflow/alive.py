@@ -70,6 +70,11 @@ class AliveIndex:
         torch.index_select(weight.detach().reshape(-1), 0, positions, out=view)
         view.mul_(grad.reshape(-1).index_select(0, positions))
 
+    def score_outer(self, i: int, weight: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -> None:
+        """`score` for a weight whose gradient is the outer product of g and x (a one-row linear
+        layer, `synflow.outer`): the gradient is formed at the alive entries only."""
+        kernels.gather_outer(weight.detach(), self._position_views[i], g, x, self.views[i])
+
     def prune(
         self, keep: torch.Tensor, weights: list[torch.Tensor], masks: list[torch.Tensor]
     ) -> None:

@@ -51,24 +51,24 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(-1).numpy()
 
 
-def _spans(n: int) -> list[tuple[int, int]]:
-    """[start, end) ranges, one per thread, chunk-aligned."""
+def _spans(n: int, chunk: int, entries: int) -> list[tuple[int, int]]:
+    """[start, end) ranges, one per thread, chunk-aligned (`entries`: entries per unit)."""
     if n == 0:
         return [(0, 0)]
-    threads = max(1, torch.get_num_threads()) if n >= PARALLEL_FROM else 1
+    threads = max(1, torch.get_num_threads()) if n * entries >= PARALLEL_FROM else 1
     per = -(-n // threads)
-    per = -(-per // CHUNK) * CHUNK
+    per = -(-per // chunk) * chunk
     return [(s, min(s + per, n)) for s in range(0, n, per)]
 
 
-def _each(n: int, work: Callable[[int, int], T]) -> list[T]:
-    """`work(start, end)` over the chunks of range(n), in chunk order, the threads' spans in
-    parallel."""
+def _each(n: int, work: Callable[[int, int], T], chunk: int = CHUNK, entries: int = 1) -> list[T]:
+    """`work(start, end)` over the chunks of range(n) (`chunk` units each, a unit `entries`
+    entries wide), in chunk order, the threads' spans in parallel."""
 
     def span(bounds: tuple[int, int]) -> list[T]:
-        return [work(s, min(s + CHUNK, bounds[1])) for s in range(bounds[0], bounds[1], CHUNK)]
+        return [work(s, min(s + chunk, bounds[1])) for s in range(bounds[0], bounds[1], chunk)]
 
-    spans = _spans(n)
+    spans = _spans(n, chunk, entries)
     if len(spans) == 1:
         return span(spans[0])
     global _pool, _pool_size
@@ -216,3 +216,68 @@ def min_positive(values: torch.Tensor) -> float:
         return float(np.where(chunk > 0, chunk, inf).min())
 
     return min(_each(a.size, work), default=math.inf)
+
+
+def _extremes(parts: list[tuple[float, float]]) -> tuple[float, float]:
+    """(min, max) over per-chunk (min, max) pairs; NaN if any is NaN, as `torch.aminmax`."""
+    lows, highs = zip(*parts, strict=True)
+    if any(math.isnan(v) for v in lows):
+        return math.nan, math.nan
+    return min(lows), max(highs)
+
+
+def mul_outer(
+    weight: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, extremes: torch.Tensor
+) -> torch.Tensor:
+    """`weight.mul_(torch.outer(rows, cols))` for a 2-D `weight` (each entry times the exact
+    float product rows[i] * cols[j], as a batch-1 weight gradient holds it), and
+    `torch.aminmax(weight, out=(extremes[0], extremes[1]))` of the result, without the
+    weight-sized outer product: a block of rows at a time, while it is in the cache."""
+    if not (_fast(weight, rows, cols) and weight.dim() == 2 and extremes.device.type == "cpu"):
+        width = weight.shape[1] if weight.dim() == 2 else 1
+        block = max(1, CHUNK // max(1, width)) if weight.device.type == "cpu" else 1 << 30
+        for start in range(0, weight.shape[0], block):
+            part = weight[start : start + block]
+            part.mul_(torch.outer(rows[start : start + block], cols))
+        torch.aminmax(weight, out=(extremes[0], extremes[1]))
+        return weight
+    w, g, x = weight.detach().numpy(), _array(rows), _array(cols)
+    block = max(1, CHUNK // w.shape[1])
+
+    def work(s: int, e: int) -> tuple[float, float]:
+        part = w[s:e]
+        np.multiply(part, np.multiply.outer(g[s:e], x), out=part)
+        return float(part.min()), float(part.max())
+
+    extremes.numpy()[:2] = _extremes(_each(w.shape[0], work, chunk=block, entries=w.shape[1]))
+    return weight
+
+
+def gather_outer(
+    weight: torch.Tensor,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """`out = weight.reshape(-1)[positions] * torch.outer(rows, cols).reshape(-1)[positions]`
+    for a 2-D `weight` and int32 `positions`: the scores of the alive entries alone, their
+    gradient formed only where it is needed."""
+    width = weight.shape[1]
+    flat = weight.detach().reshape(-1)
+    if not (_fast(out, rows, cols) and flat.device.type == "cpu" and flat.is_contiguous()):
+        torch.index_select(flat, 0, positions, out=out)
+        across = torch.div(positions, width, rounding_mode="floor").long()
+        out.mul_(rows[across] * cols[positions.long() - across * width])
+        return out
+    w, p, o = flat.numpy(), positions.numpy(), _array(out)
+    g, x = _array(rows), _array(cols)
+
+    def work(s: int, e: int) -> None:
+        at = p[s:e]
+        i, j = np.divmod(at, np.int32(width))
+        np.take(w, at, out=o[s:e])
+        np.multiply(o[s:e], np.multiply(g[i], x[j]), out=o[s:e])
+
+    _each(o.size, work)
+    return out

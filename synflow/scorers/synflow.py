@@ -29,13 +29,14 @@ the network as it is.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Self
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from synflow import bnfold, kernels
+from synflow import bnfold, kernels, outer
 from synflow.alive import AliveIndex
 from synflow.errors import DegenerateFlowError, InvalidInputShapeError, InvalidModelError
 from synflow.feed import forward_failure, ones_inputs, runs_on
@@ -67,6 +68,9 @@ COMPACT_BELOW = 0.15
 #: Fold eval-mode BatchNorms into the layer before them for the passes that need no degree trace
 #: (`synflow.bnfold`: same scores up to rounding, cheaper passes).
 FOLD_BATCH_NORM = True
+#: Score one-row linear layers from their gradient's factors in the passes that need no degree
+#: trace (`synflow.outer`: the same scores bit for bit, no weight-sized gradient).
+ROUTE_LINEAR = True
 
 
 def output_sum(output: object) -> torch.Tensor:
@@ -160,6 +164,8 @@ class SynFlowScorer(Scorer):
         self._fold_plan: bnfold.Folding | None = None
         self._fold_looked = not FOLD_BATCH_NORM
         self._folding = False  # whether the live network is the folded one now
+        #: ids of the weights that a pass found read twice: scored through autograd
+        self._unrouted: set[int] = set()
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -406,7 +412,7 @@ class SynFlowScorer(Scorer):
         if self._alive is not None:
             self._scores = self._alive.prepare(self.dtype)
         try:
-            flow = self._flow(record)
+            flow = self._flow_routed(masks, record)
         except RuntimeError as exc:
             if not (self._score_in_backward and "inplace operation" in str(exc)):
                 raise
@@ -426,6 +432,15 @@ class SynFlowScorer(Scorer):
             # magnitudes drift as weights go: measure them again next round
             self._recentre = abs(log2_flow - self._flow_log2) > RECENTRE_DRIFT
         return flow, ok
+
+    def _flow_routed(self, masks: Masks, record: bool) -> torch.Tensor:
+        """`_flow`, again without routing each weight that a pass found read twice."""
+        while True:
+            try:
+                return self._flow(record)
+            except outer.SharedWeight as exc:
+                self._unrouted.add(id(exc.weight))
+                self._load_weights(masks)  # the pass may have turned weights into scores
 
     @property
     def folded_norms(self) -> int:
@@ -484,11 +499,26 @@ class SynFlowScorer(Scorer):
         assert specs is not None
         xs = self._ones()
         self._trace_error = None
-        self._extremes = None
         self._ranges: list[Range] = []
         self._recording = False
         linear = Linearised()  # this pass's forward and backward (see synflow.linearise)
         self.linearised = linear.replaced
+        params = list(self.ctx.params.values())
+        scored: set[int] = set()
+        # (min, max) of each tensor's scores, found by the hooks while they are in the cache
+        # (dense rounds)
+        self._extremes = set() if self._alive is None else None
+        rows = self._extreme_rows
+        if rows is None or rows.dtype != self.dtype or rows.device != self._work.device:
+            rows = self._extreme_rows = torch.zeros(
+                (len(params), 2), dtype=self.dtype, device=self._work.device
+            )
+        routing = contextlib.nullcontext()
+        self._routed: set[int] = set()
+        if ROUTE_LINEAR and self._score_in_backward and not record:
+            offered = {id(p) for p in params if p.dim() == 2} - self._unrouted
+            routing = outer.OuterScoring(offered, self._outer_scorer(scored))
+            self._routed = routing.routed
         try:
             # the math attention kernel shows its softmax to `linear`; TorchScript's optimised
             # execution would differentiate some ops itself, behind `linear`'s back
@@ -511,7 +541,7 @@ class SynFlowScorer(Scorer):
                     runner = module
                     if self._folding and self._fold_plan is not None:
                         runner = self._fold_plan.runner(module)
-                    with linear:
+                    with linear, routing:
                         output = runner(*xs)
                 flow = output_sum(output)
         except (RuntimeError, torch.jit.Error) as exc:
@@ -531,16 +561,6 @@ class SynFlowScorer(Scorer):
             self._finite, self._any_positive = False, False
             return flow.detach()
         self._finite, self._any_positive = True, False
-        params = list(self.ctx.params.values())
-        scored: set[int] = set()
-        # (min, max) of each tensor's scores, found by the hooks while they are in the cache
-        # (dense rounds)
-        self._extremes = set() if self._alive is None else None
-        rows = self._extreme_rows
-        if rows is None or rows.dtype != self.dtype or rows.device != self._work.device:
-            rows = self._extreme_rows = torch.zeros(
-                (len(params), 2), dtype=self.dtype, device=self._work.device
-            )
         if flow.requires_grad:
             hooks = []
             if record and self._trace_error is None:
@@ -596,6 +616,8 @@ class SynFlowScorer(Scorer):
             p.grad = None
             if grad is None:
                 return
+            if id(p) in self._routed:
+                raise outer.SharedWeight(p)  # read by another op too: its score needs the sum
             if self._recording:
                 r = log2_range(grad)
                 if r is not None:
@@ -616,6 +638,25 @@ class SynFlowScorer(Scorer):
             scored.add(id(p))
 
         return hook
+
+    def _outer_scorer(self, scored: set[int]) -> outer.ScoreOuter:
+        """What a routed linear layer's backward calls: score = weight * (g_i * x_j), in place
+        (dense) or at the alive entries (compact), with the extremes as the hooks find them."""
+
+        def score(p: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -> None:
+            if id(p) in scored:
+                raise outer.SharedWeight(p)
+            i = self._index[id(p)]
+            with torch.no_grad():
+                if self._alive is None:
+                    kernels.mul_outer(p.detach(), g, x, self._extreme_rows[i])
+                    if self._extremes is not None:
+                        self._extremes.add(i)
+                else:
+                    self._alive.score_outer(i, p, g, x)
+            scored.add(id(p))
+
+        return score
 
     def _score_extremes(self, scores: torch.Tensor) -> tuple[float, float]:
         """(min, max) of this pass's scores (NaN if any is NaN): from the hooks' per-tensor
