@@ -61,9 +61,12 @@ def _spans(n: int, chunk: int, entries: int) -> list[tuple[int, int]]:
     return [(s, min(s + per, n)) for s in range(0, n, per)]
 
 
-def _each(n: int, work: Callable[[int, int], T], chunk: int = CHUNK, entries: int = 1) -> list[T]:
-    """`work(start, end)` over the chunks of range(n) (`chunk` units each, a unit `entries`
-    entries wide), in chunk order, the threads' spans in parallel."""
+def _each(
+    n: int, work: Callable[[int, int], T], chunk: int | None = None, entries: int = 1
+) -> list[T]:
+    """`work(start, end)` over the chunks of range(n) (`chunk` units each, `CHUNK` by default;
+    a unit `entries` entries wide), in chunk order, the threads' spans in parallel."""
+    chunk = chunk or CHUNK
 
     def span(bounds: tuple[int, int]) -> list[T]:
         return [work(s, min(s + chunk, bounds[1])) for s in range(bounds[0], bounds[1], chunk)]
@@ -246,7 +249,8 @@ def mul_outer(
 
     def work(s: int, e: int) -> tuple[float, float]:
         part = w[s:e]
-        np.multiply(part, np.multiply.outer(g[s:e], x), out=part)
+        with np.errstate(all="ignore"):  # inf * 0 is NaN, as in torch, without a warning
+            np.multiply(part, np.multiply.outer(g[s:e], x), out=part)
         return float(part.min()), float(part.max())
 
     extremes.numpy()[:2] = _extremes(_each(w.shape[0], work, chunk=block, entries=w.shape[1]))
@@ -277,7 +281,8 @@ def gather_outer(
         at = p[s:e]
         i, j = np.divmod(at, np.int32(width))
         np.take(w, at, out=o[s:e])
-        np.multiply(o[s:e], np.multiply(g[i], x[j]), out=o[s:e])
+        with np.errstate(all="ignore"):
+            np.multiply(o[s:e], np.multiply(g[i], x[j]), out=o[s:e])
 
     _each(o.size, work)
     return out

@@ -13,8 +13,8 @@ only (`synflow.kernels.mul_outer`, `gather_outer`). The arithmetic is the same p
 scores are bit for bit those of the autograd pass.
 
 Not routed (autograd as before): weights not offered (biases, non-2-D), inputs with more than
-one row or a layout for which autograd's mm backward takes its column-major form, a bias that
-needs a gradient, TorchScript code (no Python dispatch). A weight read twice in one pass raises
+one row or a layout for which autograd's mm backward takes its column-major form, TorchScript
+code (no Python dispatch). A weight read twice in one pass raises
 `SharedWeight`, and so must the scorer when such a weight receives a gradient some other way:
 its score needs the whole sum, so the caller runs the pass again without routing it.
 """
@@ -64,6 +64,7 @@ class ScoredLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, score: ScoreOuter):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
         ctx.score = score
+        ctx.bias_shape = None if bias is None else bias.shape
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -71,8 +72,9 @@ class ScoredLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         g = grad.reshape(1, -1)
         grad_x = g.mm(weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.reshape(ctx.bias_shape) if ctx.needs_input_grad[2] else None
         ctx.score(weight, g.reshape(-1), x.detach().reshape(-1))  # after dR/dx read the weight
-        return grad_x, None, None, None
+        return grad_x, None, grad_bias, None
 
 
 class OuterScoring(TorchFunctionMode):
@@ -92,7 +94,6 @@ class OuterScoring(TorchFunctionMode):
             if (
                 id(weight) in self._weights
                 and isinstance(x, torch.Tensor)
-                and (bias is None or not bias.requires_grad)
                 and one_row(x, weight)
             ):
                 if id(weight) in self.routed:

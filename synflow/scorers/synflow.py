@@ -166,6 +166,7 @@ class SynFlowScorer(Scorer):
         self._folding = False  # whether the live network is the folded one now
         #: ids of the weights that a pass found read twice: scored through autograd
         self._unrouted: set[int] = set()
+        self._routed: set[int] = set()  # ids of the weights the last pass routed
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -441,6 +442,11 @@ class SynFlowScorer(Scorer):
             except outer.SharedWeight as exc:
                 self._unrouted.add(id(exc.weight))
                 self._load_weights(masks)  # the pass may have turned weights into scores
+
+    @property
+    def routed_linears(self) -> int:
+        """How many linear layers the last pass scored from their gradient's factors."""
+        return len(self._routed)
 
     @property
     def folded_norms(self) -> int:

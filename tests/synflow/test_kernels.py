@@ -123,3 +123,44 @@ def test_min_positive(n: int, dtype: torch.dtype) -> None:
     expected = float(torch.where(x > 0, x, float("inf")).amin()) if n else float("inf")
     assert kernels.min_positive(x) == expected
     assert kernels.min_positive(torch.zeros(n, dtype=dtype)) == float("inf")
+
+
+def same_but_nan_sign(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """`same`, any NaN equal to any NaN (x86 gives inf * 0 a sign bit that depends on the operand
+    order a vectorised loop chose; no caller looks at a NaN's sign)."""
+    nan = torch.tensor(float("nan"), dtype=a.dtype)
+    return same(torch.where(a.isnan(), nan, a), torch.where(b.isnan(), nan, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 2), (3, 70), (40, 9), (9, 300), (257, 64)])
+def test_mul_outer(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    n = shape[0] * shape[1]
+    w = nasty(n, dtype, n).reshape(shape)
+    rows, cols = nasty(shape[0], dtype, 7), nasty(shape[1], dtype, 8)
+    expected = w * torch.outer(rows, cols)
+    extremes = torch.full((2,), 5.0, dtype=dtype)
+    out = w.clone()
+    assert kernels.mul_outer(out, rows, cols, extremes) is out
+    assert same_but_nan_sign(out, expected)
+    low, high = torch.aminmax(expected)  # NaN if any is NaN (its sign does not matter)
+    torch.testing.assert_close(extremes, torch.stack([low, high]), rtol=0, atol=0, equal_nan=True)
+    finite = torch.rand(shape, dtype=dtype) + 0.5  # no NaN: the extremes themselves
+    out = finite.clone()
+    kernels.mul_outer(out, rows.abs().nan_to_num(), cols.abs().nan_to_num(), extremes)
+    assert same(out, finite * torch.outer(rows.abs().nan_to_num(), cols.abs().nan_to_num()))
+    assert same(extremes, torch.stack(list(torch.aminmax(out))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 2), (3, 70), (40, 9), (257, 64)])
+def test_gather_outer(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    n = shape[0] * shape[1]
+    w = nasty(n, dtype, 3 * n).reshape(shape)
+    rows, cols = nasty(shape[0], dtype, 9), nasty(shape[1], dtype, 10)
+    g = torch.Generator().manual_seed(n)
+    positions = torch.nonzero(torch.rand(n, generator=g) < 0.4).squeeze(1).to(torch.int32)
+    out = torch.full((positions.numel(),), 7.0, dtype=dtype)
+    assert kernels.gather_outer(w, positions, rows, cols, out) is out
+    p = positions.long()
+    assert same_but_nan_sign(out, w.reshape(-1)[p] * torch.outer(rows, cols).reshape(-1)[p])
