@@ -91,11 +91,7 @@ class OuterScoring(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in LINEAR:
             x, weight, bias = _linear_args(args, kwargs)
-            if (
-                id(weight) in self._weights
-                and isinstance(x, torch.Tensor)
-                and one_row(x, weight)
-            ):
+            if id(weight) in self._weights and isinstance(x, torch.Tensor) and one_row(x, weight):
                 if id(weight) in self.routed:
                     raise SharedWeight(weight)
                 self.routed.add(id(weight))

@@ -8,6 +8,8 @@ power-of-two rescaling, weights read twice); and the engine's masks with routing
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,7 @@ def chain(x: torch.Tensor, weights, biases) -> torch.Tensor:
 def layers(widths, bias: bool, seed: int):
     g = torch.Generator().manual_seed(seed)
     weights, biases = [], []
-    for a, b in zip(widths, widths[1:], strict=False):
+    for a, b in itertools.pairwise(widths):
         # few levels: ties and exact zeros; |.| as the linearised network has them
         weights.append(nn.Parameter(torch.randint(0, 4, (b, a), generator=g).float() / 3))
         biases.append(torch.rand(b, generator=g) if bias else None)
@@ -87,7 +89,7 @@ def test_input_and_bias_gradients_equal_autograd(shape) -> None:
     w = torch.rand(40, 30) + 0.1
     x1 = (torch.rand(shape) + 0.5).requires_grad_(True)
     b1 = torch.rand(40).requires_grad_(True)
-    seed = torch.rand(40).reshape(shape[:-1] + (40,))
+    seed = torch.rand(40).reshape((*shape[:-1], 40))
     F.linear(x1, w.clone().requires_grad_(True), b1).backward(seed)
     x2 = x1.detach().clone().requires_grad_(True)
     b2 = b1.detach().clone().requires_grad_(True)
