@@ -156,3 +156,39 @@ def test_log2_range_fast_path_for_non_negative_values_equals_reference() -> None
     ]
     for t in cases:
         assert log2_range(t) == _log2_range_reference(t), t
+
+
+def test_fewer_recentres_keep_the_masks(monkeypatch):
+    """Re-centring the scale (a traced pass) once R has moved by the slack the last trace left,
+    rather than every few orders, changes no mask: every rescaled score is the same power-of-two
+    multiple either way, so the rankings agree bit for bit when no value left float32's range."""
+    from synflow.scorers import synflow as synflow_scorer
+
+    widths = (64,) * 41 + (10,)
+    model = nets.seeded(nets.mlp, seed=1, bias=True, widths=widths)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                layer.weight.uniform_(-0.5, 0.5)  # R ~ 2^160: rescaled float32
+    config = PruneConfig(sparsity=0.999, input_shape=(1, 64), iterations=40)
+    traces = []
+    recentre = SynFlowScorer._recentre_from_trace
+
+    def counted(self):
+        traces.append(self.rounds)
+        recentre(self)
+
+    monkeypatch.setattr(SynFlowScorer, "_recentre_from_trace", counted)
+    runs = {}
+    for rule in ("adaptive", "every order"):
+        if rule == "every order":
+            monkeypatch.setattr(
+                synflow_scorer.SynFlowScorer, "_recentre_drift", property(lambda s: 1.0)
+            )
+        traces.clear()
+        result = prune(nets.as_loaded(model), config, precision="auto")
+        assert result.precision == "float32" and result.scale is not None
+        runs[rule] = (result.masks, len(traces))
+    (adaptive, few), (frequent, many) = runs["adaptive"], runs["every order"]
+    assert 1 <= few < many, (few, many)
+    assert all(torch.equal(adaptive[k], frequent[k]) for k in adaptive)
