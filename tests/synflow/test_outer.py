@@ -3,8 +3,9 @@ bit for bit, as autograd's weight gradient times the weight.
 
 At three levels: one routed `F.linear` against autograd (inputs of every rank, with and without
 bias, the routing refused where autograd's arithmetic would differ); the scorer's passes with
-routing on and off over several rounds of pruning (eager and `.pt2`, dense and compact rounds,
-power-of-two rescaling, weights read twice); and the engine's masks with routing on and off."""
+routing on and off over several rounds of pruning (dense and compact rounds, power-of-two
+rescaling, weights read twice; eager, `.pt2` and ONNX); and the engine's masks with routing on
+and off."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from torch import nn
 from synflow import kernels
 from synflow.config import PruneConfig
 from synflow.engine import prune
+from synflow.io.onnx import load_onnx
 from synflow.io.pt2 import read_pt2
 from synflow.masks import Masks
 from synflow.outer import OuterScoring, SharedWeight, one_row
 from synflow.scorers import synflow as synflow_scorer
 from synflow.scorers.base import ScoringContext
 from synflow.scorers.synflow import SynFlowScorer
-from tests.synflow import nets
+from tests.synflow import nets, onnx_nets
 from tests.synflow.kernel_paths import kernel_path  # noqa: F401 (fixture)
 from tests.synflow.pt2_files import export
 
@@ -203,6 +205,7 @@ def masks_over_rounds(loaded, shape, route: bool, monkeypatch, rounds: int, comp
         (lambda: nets.seeded(ReadElsewhere, seed=9), (1, 12), "eager", 1),  # the same
         (lambda: nets.seeded(Wide, seed=10), (1, 64), "eager", 13),
         (lambda: nets.seeded(nets.mlp, seed=11), (1, 20), "pt2", 3),
+        (lambda: nets.seeded(nets.mlp, seed=12), (1, 20), "onnx", 3),  # Gemm -> nn.Linear
     ],
 )
 def test_scorer_masks_with_routing_equal_without(
@@ -212,6 +215,9 @@ def test_scorer_masks_with_routing_equal_without(
         model = build().eval()
         if how == "pt2":
             return read_pt2(export(model, (torch.ones(shape),), tmp_path / "m.pt2"))
+        if how == "onnx":
+            path = onnx_nets.export(model, torch.ones(shape), tmp_path / "m.onnx", "legacy17")
+            return load_onnx(path)
         return nets.as_loaded(model, "eager")
 
     plain, none, scale = masks_over_rounds(loaded(), shape, False, monkeypatch, 8, compact)
