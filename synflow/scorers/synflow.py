@@ -20,7 +20,8 @@ weight into its score as soon as its gradient is ready (then frees the gradient)
 cost no memory of their own; the next round rebuilds the weights from the saved originals. Once
 few weights are alive (`COMPACT_BELOW`), `next_masks` switches to a compact index of them
 (`synflow.alive`): scores go to a buffer sized to the alive weights, the weights stay, and only
-newly pruned entries are zeroed.
+newly pruned entries are zeroed. One-row linear layers never form their weight gradient: their
+scores come from its two factors (`synflow.outer`), bit for bit the same.
 
 BatchNorms that alone read a convolution's or linear layer's output are folded into it for the
 scoring passes (`synflow.bnfold`); the passes that trace degrees for the power-of-two scale run
@@ -58,7 +59,7 @@ from synflow.selection import select_alive, select_inplace
 #: (`synflow.scaling.DEFAULT_MARGIN`), that many: the values would have to move as far as R to
 #: reach the margin. On ResNet-50 at 224x224 the values' spread shrinks as weights go (slack 5,
 #: then 13, 20, 29, 38, 46 and 56 orders at the re-centres, never less than at the one before
-#: by more than 4), so fixed 8-order steps re-traced 8 times where 3 keep the same margin.
+#: by more than 4): fixed 8-order steps re-traced 8 times, this rule 4, same masks.
 RECENTRE_DRIFT = 8.0
 #: Largest power-of-two exponent fed as a Python float (2.0 ** 1024 overflows).
 MAX_EXPONENT = 1000
