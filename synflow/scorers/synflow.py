@@ -545,7 +545,7 @@ class SynFlowScorer(Scorer):
                 (len(params), 2), dtype=self.dtype, device=self._work.device
             )
         routing = contextlib.nullcontext()
-        self._routed: set[int] = set()
+        self._routed = set()
         if ROUTE_LINEAR and self._score_in_backward and not record:
             offered = {id(p) for p in params if p.dim() == 2} - self._unrouted
             routing = outer.OuterScoring(offered, self._outer_scorer(scored))
