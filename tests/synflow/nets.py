@@ -93,6 +93,19 @@ def as_loaded(module: nn.Module, how: str = "script", example_shape=None) -> Loa
     return LoadedModel(format="torchscript", module=module, source=Path("<memory>"))
 
 
+def scoring_context(loaded: LoadedModel, shape, precision: str = "float32", **prunable):
+    """(ScoringContext, params) for scoring `loaded` on the CPU: its prunable parameters by key."""
+    from synflow.scorers.base import ScoringContext
+
+    tensors = loaded.prunable(**prunable)
+    named = dict(loaded.module.named_parameters())
+    params = {t.key: named[t.param_name] for t in tensors}
+    ctx = ScoringContext(
+        loaded, tensors, params, shape, torch.device("cpu"), torch.Generator(), precision
+    )
+    return ctx, params
+
+
 def seeded(builder, seed: int = 0, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
     return builder(**kwargs)

@@ -27,12 +27,7 @@ def _rounds(loaded, shape, fold: bool, monkeypatch, rounds: int = 3, precision="
     """Scores of `rounds` rounds, each round's masks pruned from the previous scores (the
     unfolded run's masks are replayed in the folded one, so both score the same masks)."""
     monkeypatch.setattr(synflow_scorer, "FOLD_BATCH_NORM", fold)
-    tensors = loaded.prunable()
-    named = dict(loaded.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
-    ctx = ScoringContext(
-        loaded, tensors, params, shape, torch.device("cpu"), torch.Generator(), precision
-    )
+    ctx, params = nets.scoring_context(loaded, shape, precision)
     masks = Masks.dense(params)
     out = []
     with SynFlowScorer(ctx) as scorer:
@@ -228,12 +223,7 @@ def test_rescaled_folded_scores_are_exact_power_of_two_multiples(monkeypatch):
     shape = (1, 3, 8, 8)
     model = nets.randomize_batchnorm(nets.seeded(nets.ResCNN, seed=4), seed=4)
     loaded = nets.as_loaded(model, "eager")
-    tensors = loaded.prunable()
-    named = dict(loaded.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
-    ctx = ScoringContext(
-        loaded, tensors, params, shape, torch.device("cpu"), torch.Generator(), "float32"
-    )
+    ctx, params = nets.scoring_context(loaded, shape, "float32")
     masks = Masks.dense(params)
     masks[next(iter(masks))].view(-1)[::3] = False
     with SynFlowScorer(ctx) as scorer:

@@ -24,7 +24,6 @@ from synflow.io.pt2 import read_pt2
 from synflow.masks import Masks
 from synflow.outer import OuterScoring, SharedWeight, one_row
 from synflow.scorers import synflow as synflow_scorer
-from synflow.scorers.base import ScoringContext
 from synflow.scorers.synflow import SynFlowScorer
 from tests.synflow import nets, onnx_nets
 from tests.synflow.kernel_paths import kernel_path  # noqa: F401 (fixture)
@@ -177,12 +176,7 @@ def masks_over_rounds(loaded, shape, route: bool, monkeypatch, rounds: int, comp
     """Each round's masks (alternating scopes), and how many weights the last pass routed."""
     monkeypatch.setattr(synflow_scorer, "ROUTE_LINEAR", route)
     monkeypatch.setattr(synflow_scorer, "COMPACT_BELOW", compact)
-    tensors = loaded.prunable()
-    named = dict(loaded.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
-    ctx = ScoringContext(
-        loaded, tensors, params, shape, torch.device("cpu"), torch.Generator(), "auto"
-    )
+    ctx, params = nets.scoring_context(loaded, shape, "auto")
     masks = Masks.dense(params)
     out = []
     with SynFlowScorer(ctx) as scorer:
