@@ -14,9 +14,9 @@ scores are bit for bit those of the autograd pass.
 
 Not routed (autograd as before): weights not offered (biases, non-2-D), inputs with more than
 one row or a layout for which autograd's mm backward takes its column-major form, TorchScript
-code (no Python dispatch). A weight read twice in one pass raises
-`SharedWeight`, and so must the scorer when such a weight receives a gradient some other way:
-its score needs the whole sum, so the caller runs the pass again without routing it.
+code (no Python dispatch). A weight read twice in one pass raises `SharedWeight`, and so must
+the scorer when such a weight receives a gradient some other way: its score needs the whole
+sum, so the caller runs the pass again without routing it.
 """
 
 from __future__ import annotations

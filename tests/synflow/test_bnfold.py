@@ -15,7 +15,6 @@ from synflow import PruneConfig, prune
 from synflow.io.pt2 import read_pt2
 from synflow.masks import Masks
 from synflow.scorers import synflow as synflow_scorer
-from synflow.scorers.base import ScoringContext
 from synflow.scorers.synflow import SynFlowScorer
 from tests.synflow import nets
 from tests.synflow.pt2_files import export
@@ -188,12 +187,7 @@ def test_prunable_norm_weights_are_not_folded(monkeypatch):
     """Pruning the norms' scales needs their own gradients: those norms stay."""
     monkeypatch.setattr(synflow_scorer, "FOLD_BATCH_NORM", True)
     loaded = nets.as_loaded(_randomized(ConvBias), "eager")
-    tensors = loaded.prunable(prune_batchnorm=True)
-    named = dict(loaded.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
-    ctx = ScoringContext(
-        loaded, tensors, params, (2, 3, 8, 8), torch.device("cpu"), torch.Generator(), "float32"
-    )
+    ctx, params = nets.scoring_context(loaded, (2, 3, 8, 8), "float32", prune_batchnorm=True)
     with SynFlowScorer(ctx) as scorer:
         scores = scorer.score(Masks.dense(params))
         assert scorer.folded_norms == 0

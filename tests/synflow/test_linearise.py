@@ -14,7 +14,6 @@ from torch import nn
 
 from synflow import PruneConfig, prune
 from synflow.masks import Masks
-from synflow.scorers.base import ScoringContext
 from synflow.scorers.synflow import SynFlowScorer
 from tests.synflow import nets
 from tests.synflow.input_nets import SumOfRows
@@ -23,12 +22,7 @@ from tests.synflow.reference import synflow_scores
 
 def _engine_scores(module, shape, how="eager", precision="float32"):
     loaded = nets.as_loaded(module, how, shape)
-    tensors = loaded.prunable()
-    named = dict(loaded.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
-    ctx = ScoringContext(
-        loaded, tensors, params, shape, torch.device("cpu"), torch.Generator(), precision
-    )
+    ctx, params = nets.scoring_context(loaded, shape, precision)
     scorer = SynFlowScorer(ctx)
     with scorer:
         scores = scorer.score(Masks.dense(params))

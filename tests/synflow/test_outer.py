@@ -148,13 +148,8 @@ class Twice(nn.Module):
         return self.head(torch.relu(self.fc(torch.relu(self.fc(x)))))
 
 
-class ReadElsewhere(nn.Module):
+class ReadElsewhere(Twice):
     """A weight read by its linear layer and by another op that gives it a gradient."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(12, 12)
-        self.head = nn.Linear(12, 4)
 
     def forward(self, x):
         return self.head(torch.relu(self.fc(x))) + self.fc.weight.sum() / 64

@@ -10,18 +10,12 @@ import torch
 
 from synflow import PruneConfig, prune
 from synflow.masks import Masks
-from synflow.scorers.base import ScoringContext
 from synflow.scorers.synflow import SynFlowScorer
 from tests.synflow import nets
 
 
 def one_synflow_pass(loaded, input_shape, dtype="float64"):
-    tensors = loaded.prunable()
-    named = dict(loaded.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
-    ctx = ScoringContext(
-        loaded, tensors, params, input_shape, torch.device("cpu"), torch.Generator(), dtype
-    )
+    ctx, params = nets.scoring_context(loaded, input_shape, dtype)
     with SynFlowScorer(ctx) as scorer:
         scores = scorer.score(Masks.dense(params))
         flow = scorer.flow

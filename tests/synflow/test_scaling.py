@@ -11,17 +11,13 @@ from torch import nn
 from synflow import PruneConfig, prune
 from synflow.masks import Masks
 from synflow.scaling import Range, choose_exponents, trace_forward
-from synflow.scorers.base import ScoringContext
 from synflow.scorers.synflow import SynFlowScorer
 from tests.synflow import nets
 
 
 def _scorer(loaded, shape, precision="float32"):
-    tensors = loaded.prunable(prune_bias=True, prune_batchnorm=True)
-    named = dict(loaded.module.named_parameters())
-    params = {t.key: named[t.param_name] for t in tensors}
-    ctx = ScoringContext(
-        loaded, tensors, params, shape, torch.device("cpu"), torch.Generator(), precision
+    ctx, params = nets.scoring_context(
+        loaded, shape, precision, prune_bias=True, prune_batchnorm=True
     )
     return SynFlowScorer(ctx), params
 
